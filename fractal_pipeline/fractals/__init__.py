@@ -1,0 +1,52 @@
+"""The rendering core: L-system fractals to antialiased, deterministic PNGs.
+
+Pure Python + numpy + Pillow (+ aggdraw for antialiasing). Imports nothing
+from Dagster, boto3 or the rest of ``fractal_pipeline``; everything else calls
+this API::
+
+    from fractal_pipeline.fractals import FractalSpec, render_png
+
+    spec = FractalSpec("dragon", 12)          # spec.key == "dragon_12"
+    png = render_png(spec)                    # same spec, same bytes
+"""
+
+from .catalog import KINDS, SEGMENT_BUDGET, LSystem
+from .collage import make_collage, thumbnail, tile_size_for
+from .palette import DEFAULT_PALETTE, PALETTES
+from .render import encode_png, render, render_indexed, render_png, spec_of_png
+from .spec import (
+    DEFAULT_SIZE,
+    MAX_SIZE,
+    MAX_SPECS,
+    MIN_SIZE,
+    FractalSpec,
+    InvalidSpec,
+    check_budget,
+    random_specs,
+    segment_count,
+)
+
+__all__ = [
+    "DEFAULT_PALETTE",
+    "DEFAULT_SIZE",
+    "KINDS",
+    "MAX_SIZE",
+    "MAX_SPECS",
+    "MIN_SIZE",
+    "PALETTES",
+    "SEGMENT_BUDGET",
+    "FractalSpec",
+    "InvalidSpec",
+    "LSystem",
+    "check_budget",
+    "encode_png",
+    "make_collage",
+    "random_specs",
+    "render",
+    "render_indexed",
+    "render_png",
+    "segment_count",
+    "spec_of_png",
+    "thumbnail",
+    "tile_size_for",
+]

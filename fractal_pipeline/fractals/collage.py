@@ -1,0 +1,102 @@
+"""Tile many fractal images into one collage, streaming: thumbnails only."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Callable, Iterable, Sized
+from typing import TypeAlias
+
+from PIL import Image, ImageDraw, ImageFont
+
+#: What a tile can be made from: an image, PNG bytes, a path, or a loader
+#: returning one of those (called when the tile is drawn, not before).
+ImageSource: TypeAlias = Image.Image | bytes | str | os.PathLike[str] | Callable[[], Image.Image | bytes]
+#: A tile with a caption.
+CaptionedSource = tuple[str, ImageSource]
+
+#: The collage is at most this wide; tiles shrink as the count grows.
+MAX_COLLAGE_PX = 4096
+MAX_TILE_PX = 256
+MIN_TILE_PX = 16
+GAP_PX = 2
+BACKGROUND = (12, 12, 16)
+
+
+def tile_size_for(count: int, max_px: int = MAX_COLLAGE_PX) -> int:
+    """Tile edge for ``count`` tiles: as large as fits a square grid ``max_px``
+    wide, between 16 and 256 px (10,000 tiles -> 38 px, a 4 MB canvas)."""
+    columns = max(1, math.ceil(math.sqrt(max(count, 1))))
+    return max(MIN_TILE_PX, min(MAX_TILE_PX, max_px // columns - GAP_PX))
+
+
+def _open(source: ImageSource) -> Image.Image:
+    if callable(source) and not isinstance(source, Image.Image):
+        source = source()
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, bytes):
+        return Image.open(io.BytesIO(source))
+    return Image.open(source)
+
+
+def thumbnail(source: ImageSource, tile: int) -> Image.Image:
+    """Decode one source and shrink it to fit a ``tile`` square (RGB)."""
+    image = _open(source)
+    try:
+        image.draft("RGB", (tile, tile))
+        thumb = image.convert("RGB")
+        thumb.thumbnail((tile, tile), Image.Resampling.BOX)
+        return thumb
+    finally:
+        image.close()
+
+
+def make_collage(
+    images: Iterable[ImageSource | CaptionedSource],
+    *,
+    count: int | None = None,
+    tile: int | None = None,
+    columns: int | None = None,
+    captions: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> Image.Image:
+    """Tile ``images`` into one RGB collage, consuming the iterable lazily.
+
+    Each item is an image source (PIL image, PNG bytes, path, or loader) or a
+    ``(caption, source)`` pair. Only one full-size image is decoded at a time;
+    what stays in memory is the canvas. The grid needs the tile count up
+    front: pass ``count``, or a sized collection. Items past ``count`` are not
+    read. ``progress`` is called with the number of tiles placed so far.
+    """
+    if count is None:
+        if not isinstance(images, Sized):
+            raise ValueError("count: make_collage needs count= for an iterator without len()")
+        count = len(images)
+    if count < 1:
+        raise ValueError("count: a collage needs at least one image")
+    tile = tile or tile_size_for(count)
+    columns = columns or max(1, math.ceil(math.sqrt(count)))
+    rows = math.ceil(count / columns)
+    pitch = tile + GAP_PX
+    canvas = Image.new("RGB", (columns * pitch + GAP_PX, rows * pitch + GAP_PX), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=max(8, tile // 12))
+    placed = 0
+    for item in images:
+        if placed >= count:
+            break
+        caption, source = item if isinstance(item, tuple) else (None, item)
+        thumb = thumbnail(source, tile)
+        x = GAP_PX + (placed % columns) * pitch + (tile - thumb.width) // 2
+        y = GAP_PX + (placed // columns) * pitch + (tile - thumb.height) // 2
+        canvas.paste(thumb, (x, y))
+        if captions and caption and tile >= 64:
+            draw.text((x + 3, y + tile - tile // 12 - 4), caption, fill=(230, 230, 230), font=font)
+        placed += 1
+        if progress is not None:
+            progress(placed)
+    if placed == 0:
+        raise ValueError("images: no images to tile")
+    return canvas
