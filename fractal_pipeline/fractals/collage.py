@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import os
 from collections.abc import Callable, Iterable, Sized
@@ -42,15 +43,22 @@ def _open(source: ImageSource) -> Image.Image:
 
 
 def thumbnail(source: ImageSource, tile: int) -> Image.Image:
-    """Decode one source and shrink it to fit a ``tile`` square (RGB)."""
+    """Decode one source and shrink it to fit a ``tile`` square (RGB).
+
+    Images opened here (from bytes, a path or a loader) are closed; a PIL
+    image passed in belongs to the caller and is left untouched.
+    """
     image = _open(source)
+    owned = image is not source
     try:
-        image.draft("RGB", (tile, tile))
+        if owned:
+            image.draft("RGB", (tile, tile))
         thumb = image.convert("RGB")
         thumb.thumbnail((tile, tile), Image.Resampling.BOX)
         return thumb
     finally:
-        image.close()
+        if owned:
+            image.close()
 
 
 def make_collage(
@@ -84,15 +92,14 @@ def make_collage(
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=max(8, tile // 12))
     placed = 0
-    for item in images:
-        if placed >= count:
-            break
+    for item in itertools.islice(images, count):  # never pulls items past count
         caption, source = item if isinstance(item, tuple) else (None, item)
         thumb = thumbnail(source, tile)
-        x = GAP_PX + (placed % columns) * pitch + (tile - thumb.width) // 2
-        y = GAP_PX + (placed // columns) * pitch + (tile - thumb.height) // 2
-        canvas.paste(thumb, (x, y))
+        x = GAP_PX + (placed % columns) * pitch
+        y = GAP_PX + (placed // columns) * pitch
+        canvas.paste(thumb, (x + (tile - thumb.width) // 2, y + (tile - thumb.height) // 2))
         if captions and caption and tile >= 64:
+            # At the bottom of the cell, not of the (possibly smaller, centred) thumbnail.
             draw.text((x + 3, y + tile - tile // 12 - 4), caption, fill=(230, 230, 230), font=font)
         placed += 1
         if progress is not None:

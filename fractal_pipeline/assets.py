@@ -1,0 +1,248 @@
+"""The three assets: fractal_specs -> fractal_images (one partition per spec) -> fractal_collage."""
+
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from fractal_pipeline.fractals import (
+    DEFAULT_PALETTE,
+    DEFAULT_SIZE,
+    MAX_SPECS,
+    FractalSpec,
+    InvalidSpec,
+    make_collage,
+    random_specs,
+)
+from fractal_pipeline.io_managers import PngCollection
+from fractal_pipeline.rendering import RenderFailure, RenderResult, default_workers, render_many
+from fractal_pipeline.resources import FractalStoreResource, RenderBackendResource
+from fractal_pipeline.store import StoreError
+
+GROUP = "fractals"
+PARTITIONS_NAME = "fractal_specs"
+
+#: One partition per spec key (``dragon_12``, ``koch_snowflake_4-512px-ice``...).
+spec_partitions = dg.DynamicPartitionsDefinition(name=PARTITIONS_NAME)
+
+IMAGES_CHECK = "pngs_valid"
+PROGRESS_EVERY_S = 2.0
+
+
+class FractalSpecsConfig(dg.Config):
+    """Which random specs to generate."""
+
+    count: int = Field(default=12, description=f"How many distinct specs (1..{MAX_SPECS:,})")
+    seed: int | None = Field(default=None, description="Random seed; unset = a fresh one (recorded in metadata)")
+    kinds: list[str] | None = Field(default=None, description="Only these kinds (default: all 26)")
+    size: int = Field(default=DEFAULT_SIZE, description="Image edge in pixels (16..8192)")
+    palette: str | None = Field(
+        default=DEFAULT_PALETTE, description="rainbow, fire, ice, forest or mono; null = random per spec"
+    )
+
+
+class RenderConfig(dg.Config):
+    """How to render a batch of partitions."""
+
+    workers: int = Field(default=0, ge=0, description="Worker processes; 0 = the resource's setting (one per CPU)")
+
+
+def _fail(exc: Exception) -> dg.Failure:
+    return dg.Failure(description=str(exc), allow_retries=False)
+
+
+def _specs_table(specs: list[FractalSpec], new: set[str], limit: int = 50) -> str:
+    lines = ["| key | kind | depth | size | palette | segments | new |", "|---|---|---|---|---|---|---|"]
+    for spec in specs[:limit]:
+        lines.append(
+            f"| `{spec.key}` | {spec.kind} | {spec.depth} | {spec.size} | {spec.palette} | "
+            f"{spec.segments:,} | {'yes' if spec.key in new else ''} |"
+        )
+    if len(specs) > limit:
+        lines.append(f"| ... {len(specs) - limit} more | | | | | | |")
+    return "\n".join(lines)
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"python"},
+    owners=["team:fractal-pipeline"],
+    description=(
+        "A batch of distinct random fractal specs (kind, depth, size, palette). Registers one "
+        "`fractal_specs` dynamic partition per new spec key, so `fractal_images` can render them."
+    ),
+)
+def fractal_specs(
+    context: dg.AssetExecutionContext, config: FractalSpecsConfig, store: FractalStoreResource
+) -> dg.Output[list[FractalSpec]]:
+    try:
+        store.get_store().check()
+        seed = config.seed if config.seed is not None else secrets.randbits(32)
+        specs = random_specs(config.count, seed=seed, kinds=config.kinds, size=config.size, palette=config.palette)
+    except (InvalidSpec, StoreError) as exc:
+        raise _fail(exc) from exc
+    existing = set(context.instance.get_dynamic_partitions(PARTITIONS_NAME))
+    new_keys = [spec.key for spec in specs if spec.key not in existing]
+    if new_keys:
+        context.instance.add_dynamic_partitions(PARTITIONS_NAME, new_keys)
+    context.log.info(f"{len(specs)} specs (seed {seed}), {len(new_keys)} new partitions")
+    return dg.Output(
+        specs,
+        metadata={
+            "count": len(specs),
+            "seed": seed,
+            "new_keys": len(new_keys),
+            "keys": dg.MetadataValue.json([spec.key for spec in specs]),
+            "specs": dg.MetadataValue.md(_specs_table(specs, set(new_keys))),
+        },
+    )
+
+
+def _partition_metadata(result: RenderResult) -> dict[str, Any]:
+    location = (
+        dg.MetadataValue.url(result.location)
+        if result.location.startswith("s3://")
+        else dg.MetadataValue.path(result.location)
+    )
+    return {
+        "thumbnail": dg.MetadataValue.md(result.thumbnail_markdown()),
+        "location": location,
+        "segments": result.segments,
+        "bytes": result.png_bytes,
+        "render_ms": round(result.render_ms, 2),
+        "encode_ms": round(result.encode_ms, 2),
+        "put_ms": round(result.put_ms, 2),
+        "worker": result.worker,
+        "started_at": dg.MetadataValue.timestamp(result.started_at),
+        "stored_at": dg.MetadataValue.timestamp(result.stored_at),
+    }
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"python", "pillow"},
+    owners=["team:fractal-pipeline"],
+    partitions_def=spec_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=[fractal_specs],
+    output_required=False,
+    io_manager_key="png_io_manager",
+    check_specs=[
+        dg.AssetCheckSpec(
+            IMAGES_CHECK,
+            asset="fractal_images",
+            description="Every PNG of the batch decodes, has its spec's size and is not blank.",
+        )
+    ],
+    description=(
+        "One PNG per spec at `fractals/<key>.png` in the fractal store. A backfill of many partitions "
+        "is one run; the specs render in parallel worker processes and each partition is stored and "
+        "materialised as soon as its PNG is written (thumbnail, location and timings in its metadata)."
+    ),
+)
+def fractal_images(
+    context: dg.AssetExecutionContext,
+    config: RenderConfig,
+    store: FractalStoreResource,
+    renderer: RenderBackendResource,
+) -> Iterator[dg.AssetMaterialization | dg.AssetCheckResult]:
+    keys = list(context.partition_keys)
+    try:
+        for key in keys:
+            FractalSpec.from_key(key)
+        store.get_store().check()
+    except (InvalidSpec, StoreError) as exc:
+        raise _fail(exc) from exc
+    workers = config.workers or renderer.workers or default_workers()
+    context.log.info(
+        f"rendering {len(keys)} partitions with {min(workers, len(keys))} workers "
+        f"into {store.store_config().description}"
+    )
+    started = time.monotonic()
+    last_report = started
+    done: list[RenderResult] = []
+    failed: list[RenderFailure] = []
+    for outcome in render_many(keys, store.store_config(), workers):
+        if isinstance(outcome, RenderFailure):
+            failed.append(outcome)
+            context.log.error(f"{outcome.key}: {outcome.error}")
+            continue
+        done.append(outcome)
+        yield dg.AssetMaterialization(
+            asset_key=context.asset_key, partition=outcome.key, metadata=_partition_metadata(outcome)
+        )
+        now = time.monotonic()
+        if now - last_report >= PROGRESS_EVERY_S:
+            last_report = now
+            rate = len(done) / (now - started)
+            context.log.info(f"{len(done) + len(failed)}/{len(keys)} done ({rate:.1f}/s), {len(failed)} failed")
+    elapsed = time.monotonic() - started
+    render_s = sum(r.render_ms + r.encode_ms for r in done) / 1000
+    summary = (
+        f"**{len(done)}/{len(keys)}** PNGs stored in {elapsed:.1f} s "
+        f"({len(done) / max(elapsed, 1e-9):.1f}/s) by {len({r.worker for r in done})} workers; "
+        f"render+encode CPU {render_s:.1f} s; {len(failed)} failed"
+    )
+    context.log.info(summary)
+    yield dg.AssetCheckResult(
+        check_name=IMAGES_CHECK,
+        asset_key=context.asset_key,
+        passed=not failed,
+        metadata={
+            "checked": len(done),
+            "failed": dg.MetadataValue.json({f.key: f.error for f in failed[:100]}),
+        },
+    )
+    if failed:
+        raise dg.Failure(
+            description=f"{len(failed)} of {len(keys)} partitions failed: "
+            + "; ".join(f"{f.key}: {f.error}" for f in failed[:5]),
+            metadata={"failed_keys": dg.MetadataValue.json([f.key for f in failed])},
+        )
+
+
+@dg.asset(
+    group_name=GROUP,
+    kinds={"python", "pillow"},
+    owners=["team:fractal-pipeline"],
+    ins={"fractal_images": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
+    io_manager_key="png_io_manager",
+    description=(
+        "All stored fractal images tiled into one picture at `collages/fractal_collage.png`. "
+        "Streams thumbnails: only one full-size image is decoded at a time."
+    ),
+)
+def fractal_collage(context: dg.AssetExecutionContext, fractal_images: PngCollection) -> dg.Output[object]:
+    if len(fractal_images) == 0:
+        raise dg.Failure(description="fractal_images: no stored images yet; materialise some partitions first")
+    total = len(fractal_images)
+    last = [time.monotonic()]
+
+    def progress(placed: int) -> None:
+        if time.monotonic() - last[0] >= PROGRESS_EVERY_S:
+            last[0] = time.monotonic()
+            context.log.info(f"collage: {placed}/{total} tiles")
+
+    collage = make_collage(fractal_images, count=total, progress=progress)
+    preview = collage.copy()
+    preview.thumbnail((256, 256))
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    preview.save(buffer, format="PNG")
+    thumb = base64.b64encode(buffer.getvalue()).decode("ascii")
+    if fractal_images.missing:
+        context.log.warning(f"{len(fractal_images.missing)} partitions have no stored PNG yet and were left out")
+    return dg.Output(
+        collage,
+        metadata={
+            "tiles": total,
+            "missing": len(fractal_images.missing),
+            "size": f"{collage.width}x{collage.height}",
+            "thumbnail": dg.MetadataValue.md(f"![collage](data:image/png;base64,{thumb})"),
+        },
+    )

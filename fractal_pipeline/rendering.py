@@ -1,0 +1,203 @@
+"""Render specs and store their PNGs, in parallel worker processes.
+
+This module runs inside worker processes (and Lambda), so it imports only the
+core and the store: no Dagster. The Dagster step drives :func:`render_many`
+and turns each :class:`RenderResult` into a materialization as it arrives.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import multiprocessing
+import os
+import sys
+import time
+import types
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fractal_pipeline.fractals import FractalSpec, encode_png, render_indexed
+from fractal_pipeline.store import FractalStore, StoreConfig, image_key
+
+THUMBNAIL_PX = 128
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    """What rendering one spec did: where the PNG went, how long each phase took."""
+
+    key: str
+    object_key: str
+    location: str
+    segments: int
+    png_bytes: int
+    worker: str
+    started_at: float
+    rendered_at: float
+    encoded_at: float
+    stored_at: float
+    thumbnail_png: bytes = field(repr=False)
+
+    @property
+    def render_ms(self) -> float:
+        return (self.rendered_at - self.started_at) * 1000
+
+    @property
+    def encode_ms(self) -> float:
+        return (self.encoded_at - self.rendered_at) * 1000
+
+    @property
+    def put_ms(self) -> float:
+        return (self.stored_at - self.encoded_at) * 1000
+
+    def thumbnail_markdown(self) -> str:
+        """Markdown with the thumbnail inline (a data: URI), for Dagster metadata."""
+        encoded = base64.b64encode(self.thumbnail_png).decode("ascii")
+        return f"![{self.key}](data:image/png;base64,{encoded})"
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-safe fields (the thumbnail as base64), e.g. for dagster-pipes."""
+        data = asdict(self)
+        data["thumbnail_png"] = base64.b64encode(self.thumbnail_png).decode("ascii")
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RenderResult:
+        fields = dict(data)
+        fields["thumbnail_png"] = base64.b64decode(fields["thumbnail_png"])
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class RenderFailure:
+    """A spec that could not be rendered or stored, with the one-line reason."""
+
+    key: str
+    error: str
+
+
+def render_and_store(key: str, store: FractalStore, worker: str | None = None) -> RenderResult:
+    """Render the spec with this key, store its PNG, and report the timings."""
+    spec = FractalSpec.from_key(key)
+    started = time.time()
+    image = render_indexed(spec)
+    rendered = time.time()
+    data = encode_png(image, spec)
+    encoded = time.time()
+    object_key = image_key(spec.key)
+    location = store.put(object_key, data)
+    stored = time.time()
+    thumb = image.convert("RGB")
+    factor = max(1, spec.size // THUMBNAIL_PX)
+    if factor > 1:
+        thumb = thumb.reduce(factor)
+    out = io.BytesIO()
+    thumb.save(out, format="PNG", compress_level=6)
+    return RenderResult(
+        key=spec.key,
+        object_key=object_key,
+        location=location,
+        segments=spec.segments,
+        png_bytes=len(data),
+        worker=worker or f"pid-{os.getpid()}",
+        started_at=started,
+        rendered_at=rendered,
+        encoded_at=encoded,
+        stored_at=stored,
+        thumbnail_png=out.getvalue(),
+    )
+
+
+_worker_store: FractalStore | None = None
+
+
+def _init_worker(config: StoreConfig) -> None:
+    global _worker_store
+    _worker_store = config.open()
+
+
+def _work(key: str) -> RenderResult:
+    assert _worker_store is not None, "worker not initialised"
+    return render_and_store(key, _worker_store)
+
+
+@contextmanager
+def _workers_skip_parent_main() -> Iterator[None]:
+    """Start spawn workers without re-running the parent's ``__main__``.
+
+    A spawned worker normally re-imports the parent's main module: under the
+    ``dagster`` or ``fractal-pipeline`` console scripts that is the whole
+    Dagster CLI, seconds of start-up per worker for nothing. Workers only
+    need this module, so while they are started ``__main__`` is a bare stub.
+    """
+    real_main = sys.modules["__main__"]
+    stub = types.ModuleType("__main__")
+    stub.__spec__ = None
+    sys.modules["__main__"] = stub
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = real_main
+
+
+def default_workers() -> int:
+    """Worker processes to use: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def render_many(
+    keys: Iterable[str],
+    store_config: StoreConfig,
+    workers: int | None = None,
+    *,
+    max_attempts: int = 2,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[RenderResult | RenderFailure]:
+    """Render and store every key across ``workers`` processes, yielding each
+    result as soon as it is stored (in completion order).
+
+    A spec whose worker dies (the pool breaks) is retried in a fresh pool up to
+    ``max_attempts`` times; a spec that raises is reported as a
+    :class:`RenderFailure` and does not stop the others. ``should_stop`` is
+    polled between results: when it says so, pending work is cancelled and
+    the workers are shut down.
+    """
+    pending = list(dict.fromkeys(keys))
+    workers = max(1, workers or default_workers())
+    attempts: dict[str, int] = {}
+    context = multiprocessing.get_context("spawn")
+    while pending:
+        retry: list[str] = []
+        size = min(workers, len(pending))
+        executor = ProcessPoolExecutor(size, mp_context=context, initializer=_init_worker, initargs=(store_config,))
+        try:
+            with _workers_skip_parent_main():  # workers start on submit
+                futures: dict[Future[RenderResult], str] = {executor.submit(_work, key): key for key in pending}
+            not_done = set(futures)
+            while not_done:
+                done, not_done = wait(not_done, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in done:
+                    key = futures[future]
+                    try:
+                        yield future.result()
+                    except BrokenProcessPool:
+                        attempts[key] = attempts.get(key, 0) + 1
+                        if attempts[key] < max_attempts:
+                            retry.append(key)
+                        else:
+                            yield RenderFailure(key, "worker process died while rendering (killed or out of memory)")
+                    except Exception as exc:  # one bad spec must not stop the batch
+                        yield RenderFailure(key, f"{type(exc).__name__}: {exc}")
+                if should_stop is not None and should_stop():
+                    return
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+        pending = retry

@@ -1,0 +1,290 @@
+"""FractalStore: where PNGs live. One abstraction, two backends (local folder, S3).
+
+Used by the images step (and its worker processes), the PNG IO manager, the
+Lambda handler and the CLI, so "where does a PNG go" is decided only here.
+No Dagster imports: worker processes and the Lambda handler stay light.
+
+Object keys are relative, ``/``-separated and validated before they touch a
+path or a bucket: ``fractals/<spec key>.png`` and ``collages/<name>.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fractal_pipeline.fractals import FractalSpec
+
+IMAGES_PREFIX = "fractals/"
+COLLAGES_PREFIX = "collages/"
+SPECS_PREFIX = "specs/"
+
+# Lower-case ASCII words separated by single slashes; no dot-segments, no
+# backslashes, no absolute paths, no look-alike unicode.
+_OBJECT_KEY_RE = re.compile(r"[a-z0-9][a-z0-9_-]*(/[a-z0-9][a-z0-9_.-]*)*")
+MAX_OBJECT_KEY = 200
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used as configured; the message says which setting to fix."""
+
+
+def image_key(spec_key: str) -> str:
+    """Object key of a spec's PNG; the spec key is validated (canonical, safe)."""
+    return f"{IMAGES_PREFIX}{FractalSpec.from_key(spec_key).key}.png"
+
+
+def collage_key(name: str) -> str:
+    """Object key of a collage PNG."""
+    return validate_object_key(f"{COLLAGES_PREFIX}{name}.png")
+
+
+def validate_object_key(key: str) -> str:
+    """Return ``key`` if it is a safe relative object key, else raise ValueError."""
+    if (
+        not isinstance(key, str)
+        or len(key) > MAX_OBJECT_KEY
+        or not _OBJECT_KEY_RE.fullmatch(key)
+        or any(part in {".", ".."} or part.startswith("..") for part in key.split("/"))
+    ):
+        raise ValueError(f"key: {key!r} is not a safe object key (lower-case a-z0-9_-. words separated by '/')")
+    return key
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Picklable description of a store, to rebuild it in a worker process."""
+
+    bucket: str | None = None
+    local_dir: str | None = None
+    endpoint_url: str | None = None
+    region_name: str | None = None
+
+    def open(self) -> FractalStore:
+        """Build the store this config describes."""
+        if self.bucket:
+            return S3Store(self.bucket, endpoint_url=self.endpoint_url, region_name=self.region_name)
+        return LocalStore(self.local_dir or default_local_dir())
+
+    @property
+    def description(self) -> str:
+        """Human-readable location, e.g. ``s3://bucket`` or a folder path."""
+        if self.bucket:
+            suffix = f" at {self.endpoint_url}" if self.endpoint_url else ""
+            return f"s3://{self.bucket}{suffix}"
+        return str(Path(self.local_dir or default_local_dir()).resolve())
+
+
+def default_local_dir() -> str:
+    """``FRACTALS_DIR``, else ``$DAGSTER_HOME/fractals``, else ``./.fractals``."""
+    if os.environ.get("FRACTALS_DIR"):
+        return os.environ["FRACTALS_DIR"]
+    if os.environ.get("DAGSTER_HOME"):
+        return str(Path(os.environ["DAGSTER_HOME"]) / "fractals")
+    return ".fractals"
+
+
+def endpoint_from_env() -> str | None:
+    """S3 endpoint override: ``AWS_ENDPOINT_URL``, or ``MINIO_ENDPOINT`` as an alias."""
+    return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MINIO_ENDPOINT") or None
+
+
+def store_config_from_env() -> StoreConfig:
+    """The store the environment asks for: S3 if ``FRACTALS_BUCKET`` is set, else a folder."""
+    bucket = os.environ.get("FRACTALS_BUCKET") or None
+    if bucket:
+        return StoreConfig(bucket=bucket, endpoint_url=endpoint_from_env(), region_name=os.environ.get("AWS_REGION"))
+    return StoreConfig(local_dir=default_local_dir())
+
+
+class FractalStore:
+    """Put, get and list PNG bytes by object key."""
+
+    config: StoreConfig
+
+    def put(self, key: str, data: bytes) -> str:
+        """Store ``data`` atomically under ``key``; returns its location (path or s3:// URL)."""
+        raise NotImplementedError
+
+    def get(self, key: str) -> bytes:
+        """Bytes stored under ``key``; KeyError if there are none."""
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys under ``prefix``, in lexicographic order."""
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def location(self, key: str) -> str:
+        """Where ``key`` is (a path or an s3:// URL), for metadata and the CLI."""
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise StoreError with the setting to fix if the store is unusable."""
+        raise NotImplementedError
+
+
+class LocalStore(FractalStore):
+    """PNGs in a local folder. Writes go to a temp file, then rename: a crash
+    never leaves a half-written PNG under its final name."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.config = StoreConfig(local_dir=str(self.root))
+
+    def _path(self, key: str) -> Path:
+        return self.root / validate_object_key(key)
+
+    def put(self, key: str, data: bytes) -> str:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return str(path)
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise KeyError(key) from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        base = self.root
+        if not base.is_dir():
+            return
+        found = []
+        for path in base.rglob("*"):
+            if path.is_file() and not path.name.startswith(".tmp-"):
+                key = path.relative_to(base).as_posix()
+                if key.startswith(prefix):
+                    found.append(key)
+        yield from sorted(found)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def location(self, key: str) -> str:
+        return str(self._path(key).resolve())
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"FRACTALS_DIR: cannot create {self.root}: {exc.strerror}; point it at a writable folder"
+            ) from exc
+        if not os.access(self.root, os.W_OK):
+            raise StoreError(f"FRACTALS_DIR: {self.root} is not writable; point it at a writable folder")
+
+
+def s3_client(endpoint_url: str | None = None, region_name: str | None = None) -> Any:
+    """A boto3 S3 client with adaptive retries (outages are retried with backoff)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=5, read_timeout=30)
+    return boto3.client("s3", endpoint_url=endpoint_url, region_name=region_name or "us-east-1", config=config)
+
+
+class S3Store(FractalStore):
+    """PNGs in an S3 bucket (AWS or any S3-compatible server). One PUT per
+    object, so a key holds either the old bytes or the new, never half."""
+
+    def __init__(
+        self, bucket: str, *, endpoint_url: str | None = None, region_name: str | None = None, client: Any = None
+    ) -> None:
+        self.bucket = bucket
+        self.config = StoreConfig(bucket=bucket, endpoint_url=endpoint_url, region_name=region_name)
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = s3_client(self.config.endpoint_url, self.config.region_name)
+        return self._client
+
+    def put(self, key: str, data: bytes) -> str:
+        self.client.put_object(Bucket=self.bucket, Key=validate_object_key(key), Body=data, ContentType="image/png")
+        return self.location(key)
+
+    def get(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=validate_object_key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+                raise KeyError(key) from None
+            raise
+        data: bytes = response["Body"].read()
+        return data
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=validate_object_key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}:
+                return False
+            raise
+        return True
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                yield item["Key"]
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=validate_object_key(key))
+
+    def location(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def check(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        where = f" at {self.config.endpoint_url}" if self.config.endpoint_url else ""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except NoCredentialsError as exc:
+            raise StoreError(
+                "AWS_ACCESS_KEY_ID: no AWS credentials found; "
+                "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+            ) from exc
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code"))
+            if code in {"404", "NoSuchBucket", "NotFound"}:
+                raise StoreError(
+                    f"FRACTALS_BUCKET: bucket {self.bucket!r} does not exist{where}; create it or fix FRACTALS_BUCKET"
+                ) from exc
+            if code in {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}:
+                raise StoreError(
+                    f"AWS_ACCESS_KEY_ID: access to bucket {self.bucket!r}{where} denied ({code}); "
+                    "check the credentials and the bucket policy"
+                ) from exc
+            raise StoreError(f"FRACTALS_BUCKET: bucket {self.bucket!r}{where} is not usable ({code})") from exc
+        except BotoCoreError as exc:
+            raise StoreError(
+                f"AWS_ENDPOINT_URL: cannot reach S3{where} ({type(exc).__name__}); check the endpoint and network"
+            ) from exc
