@@ -218,10 +218,8 @@ def run(
             failures.append(_run_failure(collage_result))
         else:
             console.print(collage_key("fractal_collage"), highlight=False)
-    err.print(
-        f"stored in {store_where} in {time.monotonic() - started:.1f} s; "
-        f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}"
-    )
+    elapsed = time.monotonic() - started
+    err.print(f"stored in {store_where} in {elapsed:.1f} s; DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
     if failures:
         raise fail("; ".join(failures))
 

@@ -1,0 +1,129 @@
+"""Shared fixtures: temporary Dagster instances, a local fractal store, moto's S3 server over HTTP."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import dagster as dg
+import pytest
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+# Tests never touch a real AWS account or the user's config.
+os.environ.setdefault("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+os.environ.setdefault("AWS_CONFIG_FILE", "/nonexistent")
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
+QUIET: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
+    """A temporary SQLite-backed instance (dynamic partitions, runs, events)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as inst:
+        yield inst
+
+
+@pytest.fixture
+def local_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Local deployment: PNGs in a temp folder, no bucket."""
+    folder = tmp_path / "fractals"
+    monkeypatch.setenv("FRACTALS_DIR", str(folder))
+    monkeypatch.delenv("FRACTALS_BUCKET", raising=False)
+    monkeypatch.delenv("FRACTAL_DEPLOYMENT", raising=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 (a free port), spoken to over real HTTP."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """S3 deployment against moto: a fresh bucket, credentials and endpoint in the environment."""
+    bucket = f"fractals-{uuid.uuid4().hex[:10]}"
+    env = {
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "FRACTALS_BUCKET": bucket,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MINIO_ENDPOINT", raising=False)
+    monkeypatch.delenv("FRACTAL_DEPLOYMENT", raising=False)
+    s3_client(moto_endpoint).create_bucket(Bucket=bucket)
+    return env
+
+
+def s3_client(endpoint: str) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def asset_job(defs: dg.Definitions) -> dg.JobDefinition:
+    return defs.resolve_implicit_global_asset_job_def()
+
+
+def materialize_specs(defs: dg.Definitions, instance: dg.DagsterInstance, **config: Any) -> dg.ExecuteInProcessResult:
+    return asset_job(defs).execute_in_process(
+        instance=instance,
+        asset_selection=[dg.AssetKey("fractal_specs")],
+        run_config={**QUIET, "ops": {"fractal_specs": {"config": config}}},
+        raise_on_error=False,
+    )
+
+
+def materialize_images(
+    defs: dg.Definitions, instance: dg.DagsterInstance, first: str, last: str, workers: int = 2
+) -> dg.ExecuteInProcessResult:
+    """One run over the partition range first...last, as a backfill with single_run() would launch."""
+    return asset_job(defs).execute_in_process(
+        instance=instance,
+        asset_selection=[dg.AssetKey("fractal_images")],
+        tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
+        run_config={**QUIET, "ops": {"fractal_images": {"config": {"workers": workers}}}},
+        raise_on_error=False,
+    )
+
+
+def materialize_collage(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    return asset_job(defs).execute_in_process(
+        instance=instance,
+        asset_selection=[dg.AssetKey("fractal_collage")],
+        run_config=QUIET,
+        raise_on_error=False,
+    )
+
+
+def failure_message(result: dg.ExecuteInProcessResult) -> str:
+    """The message of the first failed step's user error."""
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            error = event.step_failure_data.error
+            assert error is not None
+            return error.message
+    raise AssertionError("no step failed")
