@@ -18,7 +18,7 @@ from fractal_pipeline.fractals import (
     random_specs,
 )
 from fractal_pipeline.io_managers import PngCollection
-from fractal_pipeline.rendering import RenderFailure, RenderResult, default_workers, render_many
+from fractal_pipeline.rendering import RenderFailure, RenderResult
 from fractal_pipeline.resources import FractalStoreResource, RenderBackendResource
 from fractal_pipeline.store import StoreError
 
@@ -156,16 +156,12 @@ def fractal_images(
         store.get_store().check()
     except (InvalidSpec, StoreError) as exc:
         raise _fail(exc) from exc
-    workers = config.workers or renderer.workers or default_workers()
-    context.log.info(
-        f"rendering {len(keys)} partitions with {min(workers, len(keys))} workers "
-        f"into {store.store_config().description}"
-    )
+    context.log.info(f"storing {len(keys)} PNGs in {store.store_config().description}")
     started = time.monotonic()
     last_report = started
     done: list[RenderResult] = []
     failed: list[RenderFailure] = []
-    for outcome in render_many(keys, store.store_config(), workers):
+    for outcome in renderer.render(context, keys, store.store_config(), config.workers):
         if isinstance(outcome, RenderFailure):
             failed.append(outcome)
             context.log.error(f"{outcome.key}: {outcome.error}")

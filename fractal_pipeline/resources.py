@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 import dagster as dg
 from pydantic import Field
 
+from fractal_pipeline.rendering import RenderFailure, RenderResult, default_workers, render_many
 from fractal_pipeline.store import FractalStore, StoreConfig
 
 
@@ -39,7 +42,23 @@ class FractalStoreResource(dg.ConfigurableResource):
 
 
 class RenderBackendResource(dg.ConfigurableResource):
-    """How ``fractal_images`` renders a batch: a local process pool (default)."""
+    """How ``fractal_images`` renders a batch: a local process pool (default).
+
+    The asset only calls :meth:`render`; which backend runs the work is this
+    resource's business, chosen per deployment in ``definitions.py``.
+    """
 
     backend: str = Field(default="local", description="'local' (process pool)")
     workers: int = Field(default=0, ge=0, description="Worker processes; 0 = one per CPU")
+
+    def render(
+        self,
+        context: dg.AssetExecutionContext,
+        keys: Sequence[str],
+        store: StoreConfig,
+        workers: int = 0,
+    ) -> Iterator[RenderResult | RenderFailure]:
+        """Render and store ``keys``, yielding each outcome as soon as it is stored."""
+        count = workers or self.workers or default_workers()
+        context.log.info(f"rendering {len(keys)} partitions with {min(count, len(keys))} local worker processes")
+        yield from render_many(keys, store, count)

@@ -61,6 +61,15 @@ def thumbnail(source: ImageSource, tile: int) -> Image.Image:
             image.close()
 
 
+def fit_caption(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: float) -> str:
+    """``text`` shortened with an ellipsis so it fits ``width`` pixels."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
 def make_collage(
     images: Iterable[ImageSource | CaptionedSource],
     *,
@@ -100,7 +109,8 @@ def make_collage(
         canvas.paste(thumb, (x + (tile - thumb.width) // 2, y + (tile - thumb.height) // 2))
         if captions and caption and tile >= 64:
             # At the bottom of the cell, not of the (possibly smaller, centred) thumbnail.
-            draw.text((x + 3, y + tile - tile // 12 - 4), caption, fill=(230, 230, 230), font=font)
+            text = fit_caption(caption, font, tile - 6)
+            draw.text((x + 3, y + tile - tile // 12 - 4), text, fill=(230, 230, 230), font=font)
         placed += 1
         if progress is not None:
             progress(placed)
