@@ -47,7 +47,8 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _run_failure(result: Any) -> str:
+def run_failure_message(result: Any) -> str:
+    """One line: the user-facing message of the first failed step of an in-process run."""
     for event in result.all_events:
         if event.event_type_value == "STEP_FAILURE":
             error = event.event_specific_data.error
@@ -180,7 +181,7 @@ def run(
         raise_on_error=False,
     )
     if not result.success:
-        raise fail(_run_failure(result))
+        raise fail(run_failure_message(result))
     specs: list[FractalSpec] = result.output_for_node("fractal_specs")
     materialization = result.asset_materializations_for_node("fractal_specs")[0]
     used_seed = materialization.metadata["seed"].value
@@ -202,7 +203,7 @@ def run(
         )
         err.print(f"images run {images.run_id[:8]}: {'success' if images.success else 'FAILED'}")
         if not images.success:
-            failures.append(_run_failure(images))
+            failures.append(run_failure_message(images))
     store_where = store_config_from_env().description
     for key in keys:
         console.print(image_key(key), highlight=False)
@@ -215,7 +216,7 @@ def run(
             raise_on_error=False,
         )
         if not collage_result.success:
-            failures.append(_run_failure(collage_result))
+            failures.append(run_failure_message(collage_result))
         else:
             console.print(collage_key("fractal_collage"), highlight=False)
     elapsed = time.monotonic() - started

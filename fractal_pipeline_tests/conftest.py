@@ -13,6 +13,8 @@ import dagster as dg
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from fractal_pipeline.cli import run_failure_message
+
 # Tests never touch a real AWS account or the user's config.
 os.environ.setdefault("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
 os.environ.setdefault("AWS_CONFIG_FILE", "/nonexistent")
@@ -120,10 +122,6 @@ def materialize_collage(defs: dg.Definitions, instance: dg.DagsterInstance) -> d
 
 
 def failure_message(result: dg.ExecuteInProcessResult) -> str:
-    """The message of the first failed step's user error."""
-    for event in result.all_events:
-        if event.event_type_value == "STEP_FAILURE":
-            error = event.step_failure_data.error
-            assert error is not None
-            return error.message
-    raise AssertionError("no step failed")
+    """The one-line message the CLI would print for a failed run."""
+    assert not result.success, "the run succeeded"
+    return run_failure_message(result)
