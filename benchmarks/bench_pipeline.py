@@ -1,0 +1,150 @@
+"""Pipeline overhead, parallel speed-up and collage memory, against baselines measured in the same run.
+
+    python benchmarks/bench_pipeline.py            # N=500 at 1024 px, collage of 1,000
+    python benchmarks/bench_pipeline.py --quick    # N=60, collage of 200 (a smoke run)
+
+1. Pure render time: render_png of the N specs in this process, one after another.
+2. The same N specs as one batched `fractal_images` run on a temporary SQLite
+   instance with 1 worker, then with 2: wall time of the step's run.
+   Overhead = wall(1 worker) - pure render time (goal <= 10 % of the render time);
+   speed-up = wall(2 workers) / wall(1 worker) (goal <= 0.6x).
+3. `fractal_collage` of M stored images in a fresh process: peak RSS (goal <= 500 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.instance.ref import InstanceRef
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from fractal_pipeline.assets import PARTITIONS_NAME
+from fractal_pipeline.definitions import build_definitions
+from fractal_pipeline.fractals import FractalSpec, random_specs, render_png
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+def pure_render_seconds(specs: list[FractalSpec]) -> float:
+    started = time.perf_counter()
+    for spec in specs:
+        render_png(spec)
+    return time.perf_counter() - started
+
+
+def pipeline_seconds(home: Path, keys: list[str], workers: int) -> float:
+    """Wall time of one batched fractal_images run over ``keys`` (already registered)."""
+    defs = build_definitions("local")
+    job = defs.resolve_implicit_global_asset_job_def()
+    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        started = time.perf_counter()
+        result = job.execute_in_process(
+            instance=instance,
+            asset_selection=[dg.AssetKey("fractal_images")],
+            tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[-1]},
+            run_config={**QUIET, "ops": {"fractal_images": {"config": {"workers": workers}}}},
+        )
+        elapsed = time.perf_counter() - started
+        assert result.success
+        assert len(result.asset_materializations_for_node("fractal_images")) == len(keys)
+    return elapsed
+
+
+COLLAGE_CHILD = """
+import resource, sys, time
+import dagster as dg
+from fractal_pipeline.definitions import build_definitions
+from dagster._core.instance.ref import InstanceRef
+defs = build_definitions("local")
+job = defs.resolve_implicit_global_asset_job_def()
+with dg.DagsterInstance.from_ref(InstanceRef.from_dir(sys.argv[1])) as instance:
+    started = time.perf_counter()
+    result = job.execute_in_process(instance=instance, asset_selection=[dg.AssetKey("fractal_collage")],
+        run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}})
+    elapsed = time.perf_counter() - started
+    tiles = result.asset_materializations_for_node("fractal_collage")[0].metadata["tiles"].value
+print(tiles, elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=500, help="specs in the batched run (<= 500 distinct)")
+    parser.add_argument("--collage", type=int, default=1000, help="images in the collage")
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--quick", action="store_true", help="N=60, collage of 200")
+    args = parser.parse_args()
+    if args.quick:
+        args.count, args.collage = 60, 200
+
+    results: list[tuple[str, str, str, bool]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        home.mkdir()
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        os.environ["DAGSTER_HOME"] = str(home)
+        os.environ["FRACTALS_DIR"] = str(Path(tmp) / "fractals")
+        os.environ.pop("FRACTALS_BUCKET", None)
+
+        specs = random_specs(args.count, seed=2026, palette=None, size=args.size)
+        keys = [spec.key for spec in specs]
+        with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+            instance.add_dynamic_partitions(PARTITIONS_NAME, keys)
+
+        print(f"# bench_pipeline: {len(specs)} specs at {args.size} px, {os.cpu_count()} CPUs\n")
+        pure = pure_render_seconds(specs)
+        one = pipeline_seconds(home, keys, workers=1)
+        two = pipeline_seconds(home, keys, workers=2)
+        overhead = one - pure
+        print("| measurement | seconds | per spec (ms) |")
+        print("|---|---:|---:|")
+        print(f"| pure render_png, one process (baseline) | {pure:.2f} | {pure / len(specs) * 1000:.1f} |")
+        print(f"| fractal_images run, 1 worker | {one:.2f} | {one / len(specs) * 1000:.1f} |")
+        print(f"| fractal_images run, 2 workers | {two:.2f} | {two / len(specs) * 1000:.1f} |")
+        print(f"| pipeline overhead (1 worker - baseline) | {overhead:.2f} | {overhead / len(specs) * 1000:.2f} |")
+        print()
+        results.append(
+            ("overhead / render time, 1 worker", "<= 10 %", f"{overhead / pure * 100:.1f} %", overhead <= 0.10 * pure)
+        )
+        results.append(("wall 2 workers / 1 worker", "<= 0.60x", f"{two / one:.2f}x", two / one <= 0.60))
+
+        # Collage: add more specs (half size) until there are args.collage stored images.
+        extra_needed = max(0, args.collage - len(keys))
+        extra: list[str] = []
+        for size in (args.size // 2, args.size // 4, args.size // 8):
+            if len(extra) >= extra_needed:
+                break
+            batch = random_specs(min(500, extra_needed - len(extra)), seed=7, palette=None, size=size)
+            extra += [spec.key for spec in batch]
+        if extra:
+            with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+                instance.add_dynamic_partitions(PARTITIONS_NAME, extra)
+            pipeline_seconds(home, extra, workers=2)
+        child = subprocess.run(
+            [sys.executable, "-c", COLLAGE_CHILD, str(home)], capture_output=True, text=True, check=True
+        )
+        tiles, seconds, rss = child.stdout.split()[-3:]
+        print("| collage | tiles | seconds | peak RSS (MB) |")
+        print("|---|---:|---:|---:|")
+        print(f"| fractal_collage (fresh process) | {tiles} | {float(seconds):.1f} | {float(rss):.0f} |")
+        print()
+        results.append((f"collage of {tiles} images, peak RSS", "<= 500 MB", f"{float(rss):.0f} MB", float(rss) <= 500))
+
+    print("| goal | target | measured | result |")
+    print("|---|---|---|---|")
+    for name, target, measured, ok in results:
+        print(f"| {name} | {target} | {measured} | {'PASS' if ok else 'FAIL'} |")
+    print(f"\n(peak RSS of this driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
+    return 0 if all(ok for *_, ok in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
