@@ -147,7 +147,12 @@ class LocalStore(FractalStore):
 
     def put(self, key: str, data: bytes) -> str:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise StoreError(f"key: {key!r} lies under an existing object in {self.root}; use another key") from exc
+        if path.is_dir():
+            raise StoreError(f"key: {key!r} is a folder in {self.root}; use another key")
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as handle:

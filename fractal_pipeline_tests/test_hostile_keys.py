@@ -1,0 +1,84 @@
+"""Hostile spec keys and object keys never escape fractals/ (locally) and never crash with a surprise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fractal_pipeline.fractals import FractalSpec, InvalidSpec
+from fractal_pipeline.store import LocalStore, StoreError, image_key, validate_object_key
+
+NASTY = [
+    "../dragon_3",
+    "..",
+    "dragon_3/../../etc/passwd",
+    "/etc/passwd",
+    "\\windows\\system32",
+    "dragon_3\\..\\x",
+    "dragon_3\x00",
+    "dragon_3\n",
+    "ｄragon_3",  # fullwidth d
+    "drаgon_3",  # Cyrillic a
+    "dragon_３",  # fullwidth digit
+    "dragon_3 ",
+    "DRAGON_3",
+    "dragon_" + "1" * 100,
+    "a" * 5000,
+    "",
+    "dragon_3-",
+    "dragon_3--fire",
+    "dragon_3-1024px",
+    "dragon_3-fire-512px",
+    "~/dragon_3",
+    "dragon_3.png",
+    "fractals/dragon_3",
+]
+
+# Keys that look like spec keys, built from the key alphabet plus traps.
+near_keys = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-./\\\x00 ~ｄаΑ", max_size=80)
+
+
+@pytest.mark.parametrize("key", NASTY)
+def test_nasty_keys_are_refused_with_the_field_named(key: str) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        FractalSpec.from_key(key)
+    assert str(info.value).startswith("key:")
+    with pytest.raises(ValueError):
+        image_key(key)
+
+
+@settings(max_examples=6000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(key=st.one_of(st.text(max_size=100), near_keys))
+def test_any_key_gives_a_spec_with_that_key_or_invalid_spec(key: str) -> None:
+    try:
+        spec = FractalSpec.from_key(key)
+    except InvalidSpec:
+        return
+    assert spec.key == key
+    assert image_key(key) == f"fractals/{key}.png"
+
+
+@settings(max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.one_of(st.text(max_size=120), near_keys.map(lambda k: "fractals/" + k + ".png")))
+def test_local_store_never_writes_outside_its_root(tmp_path: Path, key: str) -> None:
+    # tmp_path is shared by all examples: the store accumulates objects, as a real one does.
+    root = tmp_path / "store"
+    store = LocalStore(root)
+    try:
+        validate_object_key(key)
+    except ValueError:
+        with pytest.raises(ValueError):
+            store.put(key, b"x")
+    else:
+        try:
+            written = Path(store.put(key, b"x"))
+        except StoreError as exc:  # a key colliding with an earlier key's folder or file
+            assert str(exc).startswith("key:")
+        else:
+            assert written.resolve().is_relative_to(root.resolve())
+            assert store.get(key) == b"x"
+            assert not [p for p in written.parent.iterdir() if p.name.startswith(".tmp-")]
+    assert {p.name for p in tmp_path.iterdir()} <= {"store"}
