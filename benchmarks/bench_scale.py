@@ -203,7 +203,7 @@ def main() -> int:
             env=env,
             check=True,
             capture_output=True,
-        ),  # fmt: skip
+        ),
         repeat=2,
     )
     goals.append(("`fractal-pipeline runs` (whole command)", "<= 2 s", f"{runs_cli:.2f} s", runs_cli <= 2))
