@@ -1,0 +1,553 @@
+"""Automation: the S3 spec-file sensor, the daily random-fractals schedule and their render runs.
+
+- ``fractal_spec_files`` (sensor): new ``.csv``/``.json`` files under
+  ``s3://$FRACTALS_BUCKET/specs/`` are parsed (:mod:`fractal_pipeline.specfiles`);
+  their valid specs become ``fractal_specs`` dynamic partitions and are rendered
+  by one ``render_fractal_images`` run per file (a few at most); bad rows go to
+  ``specs/_rejected/<file>.json`` and the sensor log.
+- ``random_fractals_schedule``: daily (``FRACTALS_SCHEDULE_CRON``), materialises
+  ``fractal_specs`` with a fresh seed (job ``random_fractals``); the
+  ``render_random_fractals`` run-status sensor then launches the batched
+  ``render_fractal_images`` run for the partitions that run registered.
+- ``fractal_collage_freshness``: evaluates ``fractal_collage``'s automation
+  condition, so the collage is rebuilt once after image partitions land.
+
+Why partition-range runs: a run of ``fractal_images`` covers the range
+``first...last`` of the dynamic partitions (the same tags a
+``BackfillPolicy.single_run()`` backfill uses). The sensor registers a file's
+new keys in the same ``SensorResult`` and the daemon adds them before it
+launches the runs, so they are consecutive at the end of the partition list:
+one run per file. Keys registered earlier may be scattered; then the file
+gets at most :data:`MAX_RUNS_PER_FILE` runs (:func:`batch_ranges`). A run
+config with an explicit key list would not be a partitioned run (no
+per-partition status in the UI) and can exceed the run size limit.
+
+Exactly once: the cursor (:class:`SpecFilesCursor`) is a LastModified
+watermark plus the key and ETag of every file handled at or after it. The
+watermark trails the newest handled file, and the S3 server's clock, by
+:data:`SETTLE_SECONDS`, so files sharing a LastModified second, files
+uploaded during a tick and files whose upload started before a newer one
+finished are neither dropped nor handled twice, while the cursor stays small.
+It advances only past files fully handled in that tick; a tick that fails
+(bucket missing, S3 down) raises and leaves it where it was. Run keys are
+``<file key>@<ETag>``: the daemon never launches the same key twice, so a
+re-uploaded identical file is not re-run and an edited one is.
+"""
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from dagster._utils.schedules import is_valid_cron_string
+from dagster_aws.s3.sensor import get_objects
+
+from fractal_pipeline.assets import PARTITIONS_NAME, fractal_collage, fractal_images, fractal_specs, spec_partitions
+from fractal_pipeline.partitions import batch_ranges
+from fractal_pipeline.resources import FractalStoreResource
+from fractal_pipeline.specfiles import SpecFile, file_format, oversize_error, parse_spec_file
+from fractal_pipeline.store import S3Store, StoreError
+
+SENSOR_NAME = "fractal_spec_files"
+SCHEDULE_NAME = "random_fractals_schedule"
+RENDER_AFTER_SCHEDULE_NAME = "render_random_fractals"
+COLLAGE_SENSOR_NAME = "fractal_collage_freshness"
+RENDER_JOB_NAME = "render_fractal_images"
+RANDOM_JOB_NAME = "random_fractals"
+
+DEFAULT_PREFIX = "specs/"
+REJECTED_DIR = "_rejected/"
+DEFAULT_INTERVAL_S = 30
+DEFAULT_CRON = "0 6 * * *"
+#: Files whose LastModified is this close to the newest one handled are remembered
+#: by key and ETag: S3 stamps an object when its upload *starts*, so a slow upload
+#: can appear after a newer, faster one.
+SETTLE_SECONDS = 120
+#: Bounds on one tick (Dagster times a sensor out after 60 s); the rest waits for the next tick.
+MAX_FILES_PER_TICK = 100
+TICK_BUDGET_S = 20.0
+MAX_RUNS_PER_FILE = 4
+
+# Runs are attributed by Dagster's own dagster/sensor_name and dagster/schedule_name tags
+# ("sensor fractal_spec_files" in `fractal-pipeline runs`); these say which file or run.
+TAG_SPEC_FILE = "fractal_pipeline/spec_file"
+TAG_REJECTED = "fractal_pipeline/rejected_rows"
+TAG_SPECS_RUN = "fractal_pipeline/specs_run"
+
+#: ``fractal_images`` over a range of partitions; what the sensors launch.
+render_job = dg.define_asset_job(
+    RENDER_JOB_NAME,
+    selection=[fractal_images],
+    # One step whose work is already parallel (a process pool inside it): running the step in the
+    # run's own process saves a second Python start (~3 s) per run.
+    executor_def=dg.in_process_executor,
+    description="Render a range of fractal_specs partitions in one run (launched by the sensors).",
+)
+
+#: ``fractal_specs`` alone; what the schedule launches.
+random_fractals_job = dg.define_asset_job(
+    RANDOM_JOB_NAME,
+    selection=[fractal_specs],
+    executor_def=dg.in_process_executor,
+    description="Generate a batch of random specs and register their partitions (the daily schedule).",
+)
+
+
+# --------------------------------------------------------------------------- cursor
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(timezone.utc)
+
+
+def _etag(obj: Mapping[str, Any]) -> str:
+    return str(obj.get("ETag", "")).strip('"')
+
+
+@dataclass
+class SpecFilesCursor:
+    """Where the sensor is: a LastModified watermark and the files handled at or after it.
+
+    Serialised as JSON ``{"last_modified": <ISO watermark>, "seen": {key: [etag, epoch]}}``.
+    A listed object is new when its LastModified is at or after the watermark
+    and its key is not in ``seen`` with the same ETag.
+    """
+
+    last_modified: datetime | None = None
+    seen: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: str | None) -> "SpecFilesCursor":
+        if not raw:
+            return cls()
+        try:
+            data = json.loads(raw)
+            watermark = datetime.fromisoformat(data["last_modified"]) if data.get("last_modified") else None
+            seen = {str(k): (str(v[0]), float(v[1])) for k, v in data.get("seen", {}).items()}
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise ValueError(
+                f"cursor: {raw[:80]!r} is not a {SENSOR_NAME} cursor ({exc}); "
+                "reset it in the UI (sensor page, 'Set cursor value') to start over"
+            ) from None
+        return cls(watermark, seen)
+
+    def dump(self) -> str:
+        return json.dumps(
+            {
+                "last_modified": self.last_modified.isoformat() if self.last_modified else None,
+                "seen": {k: [etag, lm] for k, (etag, lm) in sorted(self.seen.items())},
+            },
+            separators=(",", ":"),
+        )
+
+    def since(self) -> datetime | None:
+        """What to pass to ``get_objects(since_last_modified=...)`` (it is exclusive)."""
+        return self.last_modified - timedelta(seconds=1) if self.last_modified else None
+
+    def is_new(self, obj: Mapping[str, Any]) -> bool:
+        if self.last_modified is not None and _utc(obj["LastModified"]) < self.last_modified:
+            return False
+        remembered = self.seen.get(obj["Key"])
+        return remembered is None or remembered[0] != _etag(obj)
+
+    def advanced(self, handled: Sequence[Mapping[str, Any]], horizon: datetime | None = None) -> "SpecFilesCursor":
+        """The cursor after ``handled`` (listed objects) were fully handled.
+
+        The watermark moves to the newest handled LastModified minus
+        :data:`SETTLE_SECONDS`, or to ``horizon`` if later: a time before which
+        no unhandled object can be (the caller passes the S3 server's time at
+        the listing minus the settle window, capped by the oldest listed file
+        it left for the next tick). Files handled before the new watermark are
+        forgotten, so the cursor holds only the last few minutes of uploads.
+        """
+        marks = [self.last_modified] if self.last_modified is not None else []
+        if handled:
+            marks.append(max(_utc(obj["LastModified"]) for obj in handled) - timedelta(seconds=SETTLE_SECONDS))
+        if horizon is not None:
+            marks.append(_utc(horizon))
+        if not marks:
+            return self
+        watermark = max(marks)
+        seen = dict(self.seen)
+        for obj in handled:
+            seen[obj["Key"]] = (_etag(obj), _utc(obj["LastModified"]).timestamp())
+        floor = watermark.timestamp()
+        return SpecFilesCursor(watermark, {k: v for k, v in seen.items() if v[1] >= floor})
+
+
+# --------------------------------------------------------------------------- run requests
+
+
+@dataclass
+class PartitionPlan:
+    """One tick's view of the partitions: their order (with this tick's additions) and what is rendered."""
+
+    order: list[str]
+    existing: set[str]
+    materialized: set[str]
+    added: list[str] = field(default_factory=list)
+    requested: set[str] = field(default_factory=set)
+
+    @classmethod
+    def load(cls, instance: dg.DagsterInstance) -> "PartitionPlan":
+        order = list(instance.get_dynamic_partitions(PARTITIONS_NAME))
+        return cls(order, set(order), instance.get_materialized_partitions(fractal_images.key))
+
+    def register(self, keys: Iterable[str]) -> list[str]:
+        """Append keys not registered yet (as the daemon will) and return them."""
+        new = [key for key in keys if key not in self.existing]
+        self.existing.update(new)
+        self.order.extend(new)
+        self.added.extend(new)
+        return new
+
+    def render_requests(
+        self, keys: Sequence[str], run_key: str, tags: Mapping[str, str], max_runs: int = MAX_RUNS_PER_FILE
+    ) -> list[dg.RunRequest]:
+        """Run requests for the keys not rendered (nor requested this tick) yet: one per range, at most ``max_runs``."""
+        todo = [key for key in keys if key not in self.materialized and key not in self.requested]
+        self.requested.update(todo)
+        ranges = batch_ranges(todo, self.order, max_runs)
+        requests = []
+        for index, (first, last) in enumerate(ranges):
+            requests.append(
+                dg.RunRequest(
+                    run_key=run_key if len(ranges) == 1 else f"{run_key}#{index + 1}",
+                    job_name=RENDER_JOB_NAME,
+                    tags={**tags, ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
+                )
+            )
+        return requests
+
+
+# --------------------------------------------------------------------------- the S3 sensor
+
+
+def _server_time(s3: S3Store) -> datetime | None:
+    """The S3 server's clock (the HEAD bucket response's Date header), or None if it sent none.
+
+    Raises :class:`StoreError` naming the setting to fix if the bucket is unusable: the tick
+    fails and the cursor stays where it was.
+    """
+    try:
+        response = s3.client.head_bucket(Bucket=s3.bucket)
+    except Exception:
+        s3.check()  # turns the failure into a StoreError naming the setting to fix
+        raise
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        return parsedate_to_datetime(date).astimezone(timezone.utc) if date else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _client_error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def rejected_key(prefix: str, key: str) -> str:
+    """Where the report of ``key`` goes: ``<prefix>_rejected/<name relative to prefix>.json``."""
+    return f"{prefix}{REJECTED_DIR}{key[len(prefix) :]}.json"
+
+
+def _read(client: Any, bucket: str, obj: Mapping[str, Any]) -> bytes | None:
+    """The object's bytes at the listed ETag; None if it was deleted or replaced since the listing."""
+    try:
+        response = client.get_object(Bucket=bucket, Key=obj["Key"], IfMatch=obj["ETag"])
+    except Exception as exc:
+        code = _client_error_code(exc)
+        if code in {"NoSuchKey", "404", "PreconditionFailed", "412"}:
+            return None
+        raise
+    data: bytes = response["Body"].read()
+    return data
+
+
+def _parse_object(client: Any, bucket: str, obj: Mapping[str, Any]) -> SpecFile | None:
+    key = obj["Key"]
+    if file_format(key) is None:
+        return parse_spec_file(key, b"")
+    too_big = oversize_error(int(obj.get("Size", 0)))
+    if too_big:
+        return SpecFile(name=key, format=file_format(key), error=too_big)
+    try:
+        data = _read(client, bucket, obj)
+    except Exception as exc:
+        if _client_error_code(exc) in {"AccessDenied", "403", "Forbidden"}:
+            return SpecFile(name=key, format=file_format(key), error="file: access denied; check the bucket policy")
+        raise
+    return None if data is None else parse_spec_file(key, data)
+
+
+def _report(
+    context: dg.SensorEvaluationContext, client: Any, bucket: str, prefix: str, obj: Mapping[str, Any], parsed: SpecFile
+) -> None:
+    """Log the outcome; write (or clear) the ``_rejected/`` report object."""
+    key = obj["Key"]
+    report_key = rejected_key(prefix, key)
+    if parsed.clean:
+        client.delete_object(Bucket=bucket, Key=report_key)
+        context.log.info(f"s3://{bucket}/{key}: {len(parsed.specs)} specs")
+        return
+    body = {**parsed.report(), "etag": _etag(obj), "last_modified": _utc(obj["LastModified"]).isoformat()}
+    client.put_object(
+        Bucket=bucket,
+        Key=report_key,
+        Body=json.dumps(body, indent=1).encode(),
+        ContentType="application/json",
+    )
+    where = f"s3://{bucket}/{report_key}"
+    if parsed.error:
+        context.log.warning(f"s3://{bucket}/{key}: skipped, {parsed.error} (report {where})")
+        return
+    lines = "; ".join(f"line {row.line}: {row.reason}" for row in parsed.rejected[:5])
+    more = f"; and {len(parsed.rejected) - 5} more" if len(parsed.rejected) > 5 else ""
+    context.log.warning(
+        f"s3://{bucket}/{key}: {len(parsed.specs)} specs, {len(parsed.rejected)} rows rejected "
+        f"(report {where}): {lines}{more}"
+    )
+
+
+def evaluate_spec_files(
+    context: dg.SensorEvaluationContext,
+    store: FractalStoreResource,
+    prefix: str = DEFAULT_PREFIX,
+    max_files: int = MAX_FILES_PER_TICK,
+    budget_s: float = TICK_BUDGET_S,
+) -> dg.SensorResult | dg.SkipReason:
+    """One tick of ``fractal_spec_files`` (the sensor's body, callable from tests and benchmarks)."""
+    if not store.bucket:
+        return dg.SkipReason(
+            "FRACTALS_BUCKET is unset: this deployment stores images in a local folder, so there is "
+            f"no s3://.../{prefix} to watch; set FRACTALS_BUCKET to watch spec files"
+        )
+    started = time.monotonic()
+    s3 = store.get_store()
+    assert isinstance(s3, S3Store), "a store with a bucket is an S3Store"
+    client = s3.client
+    bucket = s3.bucket
+    server_now = _server_time(s3)  # before listing: anything not listed yet was stamped after it - SETTLE
+    cursor = SpecFilesCursor.parse(context.cursor)
+    try:
+        listed = get_objects(bucket, prefix, since_last_modified=cursor.since(), client=client)
+    except Exception as exc:
+        raise StoreError(
+            f"FRACTALS_BUCKET: cannot list s3://{bucket}/{prefix} ({type(exc).__name__}: {exc}); "
+            "check the bucket, the endpoint and the credentials"
+        ) from exc
+    rejected_prefix = prefix + REJECTED_DIR
+    pending = [obj for obj in listed if not obj["Key"].startswith(rejected_prefix) and cursor.is_new(obj)]
+
+    plan: PartitionPlan | None = None
+    handled: list[Mapping[str, Any]] = []
+    run_requests: list[dg.RunRequest] = []
+    files = 0
+    for obj in pending:
+        if len(handled) >= max_files or (handled and time.monotonic() - started > budget_s):  # >= 1 per tick
+            context.log.info(f"{len(pending) - len(handled)} more files wait for the next tick")
+            break
+        key = obj["Key"]
+        if key.endswith("/"):  # a "folder" placeholder object
+            handled.append(obj)
+            continue
+        try:
+            parsed = _parse_object(client, bucket, obj)
+            if parsed is None:  # deleted or replaced since the listing: a new version is listed anew
+                context.log.info(f"s3://{bucket}/{key} was deleted or replaced during the tick")
+                handled.append(obj)
+                continue
+            _report(context, client, bucket, prefix, obj, parsed)
+        except Exception as exc:
+            raise StoreError(
+                f"FRACTALS_BUCKET: cannot read or report s3://{bucket}/{key} ({type(exc).__name__}: {exc}); "
+                "the file is retried on the next tick"
+            ) from exc
+        files += 1
+        if parsed.specs:
+            plan = plan or PartitionPlan.load(context.instance)
+            plan.register(parsed.keys)
+            tags = {TAG_SPEC_FILE: key[:200], TAG_REJECTED: str(len(parsed.rejected))}
+            run_requests += plan.render_requests(parsed.keys, f"{key}@{_etag(obj)}", tags)
+        handled.append(obj)
+
+    horizon = server_now - timedelta(seconds=SETTLE_SECONDS) if server_now else None
+    left = pending[len(handled) :]  # listed but left for the next tick
+    if horizon is not None and left:
+        horizon = min(horizon, min(_utc(obj["LastModified"]) for obj in left))
+    new_cursor = cursor.advanced(handled, horizon)
+    partitions = [spec_partitions.build_add_request(plan.added)] if plan and plan.added else []
+    if run_requests:
+        return dg.SensorResult(
+            run_requests=run_requests, dynamic_partitions_requests=partitions, cursor=new_cursor.dump()
+        )
+    reason = (
+        f"{files} new spec files, nothing new to render" if files else f"no new spec files under s3://{bucket}/{prefix}"
+    )
+    return dg.SensorResult(skip_reason=reason, dynamic_partitions_requests=partitions, cursor=new_cursor.dump())
+
+
+def spec_files_sensor(
+    prefix: str = DEFAULT_PREFIX,
+    minimum_interval_seconds: int = DEFAULT_INTERVAL_S,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+) -> dg.SensorDefinition:
+    """The ``fractal_spec_files`` sensor watching ``s3://$FRACTALS_BUCKET/<prefix>``."""
+
+    @dg.sensor(
+        name=SENSOR_NAME,
+        job=render_job,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        description=(
+            f"New .csv/.json spec files under s3://$FRACTALS_BUCKET/{prefix} become fractal_specs partitions, "
+            f"rendered by one {RENDER_JOB_NAME} run per file; bad rows are reported in {prefix}{REJECTED_DIR}."
+        ),
+    )
+    def fractal_spec_files(
+        context: dg.SensorEvaluationContext, store: FractalStoreResource
+    ) -> dg.SensorResult | dg.SkipReason:
+        return evaluate_spec_files(context, store, prefix)
+
+    return fractal_spec_files
+
+
+# --------------------------------------------------------------------------- schedule + its render runs
+
+
+def random_fractals_schedule(cron: str = DEFAULT_CRON) -> dg.ScheduleDefinition:
+    """Daily ``fractal_specs`` with a fresh seed (derived from the tick time, so a retried tick repeats it)."""
+
+    @dg.schedule(
+        name=SCHEDULE_NAME,
+        cron_schedule=cron,
+        job=random_fractals_job,
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description=(
+            "Generate random fractal specs with a fresh seed; "
+            f"{RENDER_AFTER_SCHEDULE_NAME} then renders the new partitions in one run."
+        ),
+    )
+    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        when = context.scheduled_execution_time
+        seed = int(when.timestamp()) & 0xFFFFFFFF if when else secrets.randbits(32)
+        return dg.RunRequest(
+            run_config={"ops": {"fractal_specs": {"config": {"seed": seed}}}},
+            tags={"fractal_pipeline/seed": str(seed)},
+        )
+
+    return _schedule
+
+
+def _keys_of_specs_run(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, limit=1000
+    ).records
+    for record in records:
+        materialization = record.asset_materialization
+        if materialization is not None and materialization.asset_key == fractal_specs.key:
+            value = materialization.metadata.get("keys")
+            if value is not None and isinstance(value.value, list):
+                return [str(key) for key in value.value]
+    return []
+
+
+def render_after_schedule_sensor(minimum_interval_seconds: int = DEFAULT_INTERVAL_S) -> dg.SensorDefinition:
+    """After a successful ``random_fractals`` run, render its specs' partitions in one batched run."""
+
+    @dg.run_status_sensor(
+        name=RENDER_AFTER_SCHEDULE_NAME,
+        run_status=dg.DagsterRunStatus.SUCCESS,
+        monitored_jobs=[random_fractals_job],
+        request_job=render_job,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Renders the partitions a successful {RANDOM_JOB_NAME} run registered (one batched run).",
+    )
+    def _render(context: dg.RunStatusSensorContext) -> list[dg.RunRequest] | dg.SkipReason:
+        run_id = context.dagster_run.run_id
+        keys = _keys_of_specs_run(context.instance, run_id)
+        plan = PartitionPlan.load(context.instance)
+        requests = plan.render_requests(keys, f"{RANDOM_JOB_NAME}:{run_id}", {TAG_SPECS_RUN: run_id})
+        if not requests:
+            return dg.SkipReason(f"run {run_id[:8]}: all {len(keys)} specs are already rendered")
+        context.log.info(f"run {run_id[:8]}: rendering {len(keys)} specs in {len(requests)} run(s)")
+        return requests
+
+    return _render
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+def collage_freshness_sensor(minimum_interval_seconds: int = DEFAULT_INTERVAL_S) -> dg.SensorDefinition:
+    """Evaluates ``fractal_collage``'s automation condition (rebuild once after images land)."""
+    return dg.AutomationConditionSensorDefinition(
+        COLLAGE_SENSOR_NAME,
+        target=[fractal_collage],
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Rebuilds fractal_collage once after new fractal_images partitions land (none in progress).",
+    )
+
+
+def _env_int(name: str, default: int, low: int) -> int:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}: {raw!r} is not a whole number of seconds") from None
+    if value < low:
+        raise ValueError(f"{name}: {value} is too small; use at least {low}")
+    return value
+
+
+def specs_prefix_from_env() -> str:
+    """``FRACTALS_SPECS_PREFIX`` (default ``specs/``), always ending in ``/``."""
+    prefix = os.environ.get("FRACTALS_SPECS_PREFIX", DEFAULT_PREFIX).strip().lstrip("/")
+    if not prefix:
+        raise ValueError("FRACTALS_SPECS_PREFIX: is empty; use a folder such as 'specs/' (not the whole bucket)")
+    return prefix if prefix.endswith("/") else prefix + "/"
+
+
+@dataclass(frozen=True)
+class Automation:
+    """The jobs, sensors and schedules ``build_definitions`` adds."""
+
+    jobs: list[Any]
+    sensors: list[dg.SensorDefinition]
+    schedules: list[dg.ScheduleDefinition]
+
+
+def automation_for(bucket_configured: bool) -> Automation:
+    """Sensors and schedules, configured from the environment.
+
+    ``fractal_spec_files`` runs by default when a bucket is configured (uploads
+    are picked up without a click in ``dagster dev``), else it ships stopped;
+    the schedule always ships stopped.
+    """
+    interval = _env_int("FRACTALS_SENSOR_INTERVAL", DEFAULT_INTERVAL_S, 1)
+    cron = (os.environ.get("FRACTALS_SCHEDULE_CRON") or DEFAULT_CRON).strip()
+    if not is_valid_cron_string(cron):
+        raise ValueError(
+            f"FRACTALS_SCHEDULE_CRON: {cron!r} is not a cron expression; e.g. {DEFAULT_CRON!r} (06:00 daily)"
+        )
+    status = dg.DefaultSensorStatus.RUNNING if bucket_configured else dg.DefaultSensorStatus.STOPPED
+    return Automation(
+        jobs=[render_job, random_fractals_job],
+        sensors=[
+            spec_files_sensor(specs_prefix_from_env(), interval, status),
+            render_after_schedule_sensor(interval),
+            collage_freshness_sensor(interval),
+        ],
+        schedules=[random_fractals_schedule(cron)],
+    )
