@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -42,14 +43,33 @@ class FractalStoreResource(dg.ConfigurableResource):
 
 
 class RenderBackendResource(dg.ConfigurableResource):
-    """How ``fractal_images`` renders a batch: a local process pool (default).
+    """How ``fractal_images`` renders a batch: a local process pool (default) or Lambda.
 
     The asset only calls :meth:`render`; which backend runs the work is this
-    resource's business, chosen per deployment in ``definitions.py``.
+    resource's business, chosen per deployment in ``definitions.py``. Both
+    backends run the same ``render_and_store`` and yield the same
+    ``RenderResult``/``RenderFailure`` objects.
     """
 
-    backend: str = Field(default="local", description="'local' (process pool)")
+    backend: str = Field(
+        default="local", description="'local' (process pool) or 'lambda' (chunks invoked with PipesLambdaClient)"
+    )
     workers: int = Field(default=0, ge=0, description="Worker processes; 0 = one per CPU")
+    function_name: str | None = Field(
+        default=None, description="Lambda render function (FRACTALS_LAMBDA_FUNCTION); backend 'lambda' only"
+    )
+    chunk_size: int = Field(default=8, ge=1, le=1000, description="Specs per Lambda invocation")
+    concurrency: int = Field(default=16, ge=1, le=1000, description="Concurrent Lambda invocations per step")
+    max_attempts: int = Field(
+        default=3, ge=1, le=10, description="Invocations per chunk; failed chunks only are retried"
+    )
+    region_name: str | None = Field(default=None, description="AWS region of the Lambda function")
+
+    def lambda_client(self) -> Any:
+        """The boto3 Lambda client the ``lambda`` backend invokes through."""
+        from fractal_pipeline.aws.lambda_backend import lambda_client
+
+        return lambda_client(self.region_name)
 
     def render(
         self,
@@ -59,6 +79,28 @@ class RenderBackendResource(dg.ConfigurableResource):
         workers: int = 0,
     ) -> Iterator[RenderResult | RenderFailure]:
         """Render and store ``keys``, yielding each outcome as soon as it is stored."""
+        if self.backend == "lambda":
+            from fractal_pipeline.aws.lambda_backend import lambda_bucket, render_with_lambda
+
+            if not self.function_name:
+                raise ValueError(
+                    "FRACTALS_LAMBDA_FUNCTION: the lambda backend needs the render function's name; "
+                    "set FRACTALS_LAMBDA_FUNCTION (`fractal-pipeline deploy` prints it)"
+                )
+            lambda_bucket(store)  # before building a client: a local store is a config error
+            yield from render_with_lambda(
+                context,
+                keys,
+                store,
+                function_name=self.function_name,
+                client=self.lambda_client(),
+                chunk_size=self.chunk_size,
+                concurrency=self.concurrency,
+                max_attempts=self.max_attempts,
+            )
+            return
+        if self.backend != "local":
+            raise ValueError(f"renderer.backend: unknown backend {self.backend!r}; use 'local' or 'lambda'")
         count = workers or self.workers or default_workers()
         context.log.info(f"rendering {len(keys)} partitions with {min(count, len(keys))} local worker processes")
         yield from render_many(keys, store, count)

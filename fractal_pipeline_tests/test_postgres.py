@@ -1,0 +1,160 @@
+"""The pipeline on a Postgres-backed instance (the machine's PostgreSQL on 127.0.0.1:5432).
+
+The storage section is the one from ``deploy/dagster.yaml``, pointed at a fresh
+database created for the test session and dropped at its end. Everything the
+production instance keeps — runs, the event log, dynamic partitions, sensor
+cursors and ticks, pool limits — is checked with plain SQL in that database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import psycopg2
+import pytest
+import yaml
+
+from fractal_pipeline.assets import PARTITIONS_NAME, spec_partitions
+from fractal_pipeline.definitions import build_definitions
+
+from .conftest import failure_message, materialize_collage, materialize_images, materialize_specs
+
+pytestmark = pytest.mark.postgres
+
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+DEPLOY_YAML = Path(__file__).resolve().parents[1] / "deploy" / "dagster.yaml"
+SENSOR_NAME = "count_ticks"
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the local PostgreSQL for this test session, dropped at its end."""
+    name = f"fractal_test_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(dbname="postgres", **PG)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def pg_env(postgres_database: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The DAGSTER_PG_* variables deploy/dagster.yaml reads, for the session's database."""
+    env = {
+        "DAGSTER_PG_HOST": PG["host"],
+        "DAGSTER_PG_PORT": str(PG["port"]),
+        "DAGSTER_PG_DB": postgres_database,
+        "DAGSTER_PG_USERNAME": PG["user"],
+        "DAGSTER_PG_PASSWORD": "",  # trust auth
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+def deploy_config(*sections: str) -> dict[str, Any]:
+    """Sections of deploy/dagster.yaml."""
+    config = yaml.safe_load(DEPLOY_YAML.read_text())
+    return {section: config[section] for section in sections}
+
+
+def query(database: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with psycopg2.connect(dbname=database, **PG) as connection, connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    connection.close()
+    return rows
+
+
+SENSOR_KEY = "dragon_3-64px"
+
+
+@dg.sensor(name=SENSOR_NAME, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+def count_ticks(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+    """Registers one spec partition and counts its own ticks in its cursor."""
+    return dg.SensorResult(
+        dynamic_partitions_requests=[spec_partitions.build_add_request([SENSOR_KEY])],
+        cursor=str(int(context.cursor or 0) + 1),
+    )
+
+
+sensor_defs = dg.Definitions(sensors=[count_ticks])
+
+
+def _sensor_tick(instance: dg.DagsterInstance) -> None:
+    """One sensor daemon iteration over a code location holding ``count_ticks``."""
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.test_utils import InProcessTestWorkspaceLoadTarget
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._daemon.sensor import execute_sensor_iteration
+
+    origin = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(module_name=__name__, attribute="sensor_defs", working_directory=os.getcwd())
+    )
+    with WorkspaceProcessContext(instance, InProcessTestWorkspaceLoadTarget(origin)) as context:
+        list(execute_sensor_iteration(context, logging.getLogger("sensor-daemon"), None, None))
+
+
+def test_pipeline_state_lives_in_postgres(pg_env: dict[str, str], local_env: Path, postgres_database: str) -> None:
+    overrides = deploy_config("storage", "concurrency")
+    with dg.instance_for_test(overrides=overrides) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
+        defs = build_definitions("local")
+        specs = materialize_specs(defs, instance, count=4, seed=17, size=64)
+        assert specs.success, failure_message(specs)
+        keys = list(instance.get_dynamic_partitions(PARTITIONS_NAME))
+        images = materialize_images(defs, instance, keys[0], keys[-1])
+        assert images.success, failure_message(images)
+        collage = materialize_collage(defs, instance)
+        assert collage.success, failure_message(collage)
+        _sensor_tick(instance)
+
+    run_ids = [specs.run_id, images.run_id, collage.run_id]
+    db = postgres_database
+    stored_runs = dict(query(db, "SELECT run_id, status FROM runs WHERE run_id = ANY(%s)", run_ids))
+    assert stored_runs == dict.fromkeys(run_ids, "SUCCESS")
+    partitions = query(
+        db, "SELECT partition FROM dynamic_partitions WHERE partitions_def_name = %s ORDER BY id", PARTITIONS_NAME
+    )
+    assert [row[0] for row in partitions] == [*keys, SENSOR_KEY]  # the pipeline's, then the one the sensor added
+    materialized = query(
+        db,
+        "SELECT partition FROM event_logs WHERE run_id = %s AND dagster_event_type = 'ASSET_MATERIALIZATION' "
+        "AND asset_key = %s",
+        images.run_id,
+        dg.AssetKey("fractal_images").to_string(),
+    )
+    assert sorted(row[0] for row in materialized) == sorted(keys)  # one event per partition, in Postgres
+    (events,) = query(db, "SELECT count(*) FROM event_logs WHERE run_id = ANY(%s)", run_ids)
+    assert events[0] > 20
+    assets = {row[0] for row in query(db, "SELECT asset_key FROM asset_keys")}
+    assert {dg.AssetKey(name).to_string() for name in ("fractal_specs", "fractal_images", "fractal_collage")} <= assets
+
+    # the sensor daemon stored its cursor and its tick there too
+    bodies = [row[0] for row in query(db, "SELECT job_body FROM jobs WHERE job_type = 'SENSOR'")]
+    states = [dg.deserialize_value(body) for body in bodies]
+    ours = [s for s in states if s.instigator_name == SENSOR_NAME]
+    assert len(ours) == 1 and ours[0].instigator_data.cursor == "1"
+    ticks = query(db, "SELECT status FROM job_ticks WHERE selector_id = %s", ours[0].selector_id)
+    assert ticks == [("SKIPPED",)]  # one tick; it requested partitions, not runs
+
+    # fractal_images ran in pool "lambda_render", limited to deploy/dagster.yaml's default of 4 slots, all free again
+    assert query(db, 'SELECT concurrency_key, "limit" FROM concurrency_limits') == [("lambda_render", 4)]
+    slots = query(
+        db, "SELECT run_id FROM concurrency_slots WHERE concurrency_key = %s AND NOT deleted", "lambda_render"
+    )
+    assert slots == [(None,)] * 4
