@@ -18,6 +18,7 @@ from fractal_pipeline.fractals import (
     random_specs,
 )
 from fractal_pipeline.io_managers import PngCollection
+from fractal_pipeline.observability import WorkItem, batch_summary_markdown
 from fractal_pipeline.rendering import RenderFailure, RenderResult
 from fractal_pipeline.resources import FractalStoreResource, RenderBackendResource
 from fractal_pipeline.store import StoreError
@@ -51,7 +52,8 @@ class RenderConfig(dg.Config):
 
 
 def _fail(exc: Exception) -> dg.Failure:
-    return dg.Failure(description=str(exc), allow_retries=False)
+    """A one-line failure; retried by the step's RetryPolicy only if the store was unreachable."""
+    return dg.Failure(description=str(exc), allow_retries=bool(getattr(exc, "transient", False)))
 
 
 def _specs_table(specs: list[FractalSpec], new: set[str], limit: int = 50) -> str:
@@ -72,8 +74,23 @@ def _specs_table(specs: list[FractalSpec], new: set[str], limit: int = 50) -> st
     owners=["team:fractal-pipeline"],
     description=(
         "A batch of distinct random fractal specs (kind, depth, size, palette). Registers one "
-        "`fractal_specs` dynamic partition per new spec key, so `fractal_images` can render them."
+        "`fractal_specs` dynamic partition per new spec key, so `fractal_images` can render them.\n\n"
+        "Materialize it from the Launchpad with e.g. `count: 20` (and optionally `seed`, `kinds`, `size`, "
+        "`palette`). Metadata: `count`, `seed` (re-use it to get the same list), `new_keys` (partitions "
+        "added), `keys`, and `specs`, a table of the batch."
     ),
+    metadata={
+        "dagster/column_schema": dg.TableSchema(
+            columns=[
+                dg.TableColumn("key", "string", description="Partition key, e.g. `dragon_12` or `levy_c_10-512px-ice`"),
+                dg.TableColumn("kind", "string", description="One of the 26 L-system kinds (`fractal-pipeline kinds`)"),
+                dg.TableColumn("depth", "int", description="Rewriting iterations, within the kind's allowed range"),
+                dg.TableColumn("size", "int", description="Image edge in pixels (16..8192)"),
+                dg.TableColumn("palette", "string", description="rainbow, fire, ice, forest or mono"),
+                dg.TableColumn("segments", "int", description="Line segments the spec draws (known before rendering)"),
+            ]
+        )
+    },
 )
 def fractal_specs(
     context: dg.AssetExecutionContext, config: FractalSpecsConfig, store: FractalStoreResource
@@ -118,7 +135,24 @@ def _partition_metadata(result: RenderResult) -> dict[str, Any]:
         "worker": result.worker,
         "started_at": dg.MetadataValue.timestamp(result.started_at),
         "stored_at": dg.MetadataValue.timestamp(result.stored_at),
+        "worker_started_at": dg.MetadataValue.timestamp(result.worker_started_at),
     }
+
+
+def _materialized_in_run(context: dg.AssetExecutionContext) -> set[str]:
+    """Partitions of this asset that this run already materialised (before a step retry)."""
+    records = context.instance.get_records_for_run(
+        context.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, limit=1_000_000
+    ).records
+    return {
+        record.event_log_entry.dagster_event.partition
+        for record in records
+        if record.event_log_entry.dagster_event is not None and record.event_log_entry.dagster_event.partition
+    }
+
+
+#: Storage outages and dead workers are retried: the retry renders only what this run has not stored yet.
+IMAGES_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL)
 
 
 @dg.asset(
@@ -126,7 +160,9 @@ def _partition_metadata(result: RenderResult) -> dict[str, Any]:
     kinds={"python", "pillow"},
     owners=["team:fractal-pipeline"],
     partitions_def=spec_partitions,
+    retry_policy=IMAGES_RETRY_POLICY,
     backfill_policy=dg.BackfillPolicy.single_run(),
+    pool="lambda_render",  # limited only where the instance sets a limit (deploy/dagster.yaml: 4 steps)
     deps=[fractal_specs],
     output_required=False,
     io_manager_key="png_io_manager",
@@ -140,7 +176,12 @@ def _partition_metadata(result: RenderResult) -> dict[str, Any]:
     description=(
         "One PNG per spec at `fractals/<key>.png` in the fractal store. A backfill of many partitions "
         "is one run; the specs render in parallel worker processes and each partition is stored and "
-        "materialised as soon as its PNG is written (thumbnail, location and timings in its metadata)."
+        "materialised as soon as its PNG is written (thumbnail, location and timings in its metadata).\n\n"
+        "Partition metadata: `thumbnail` (~128 px preview, *Show Markdown*), `location` (file or `s3://` URL), "
+        "`segments`, `bytes` (PNG size), `render_ms` / `encode_ms` / `put_ms` (time per phase), `worker` "
+        "(process or Lambda invocation), `worker_started_at`, `started_at`, `stored_at`. The `pngs_valid` "
+        "check of each batch carries `workers`, a per-worker table and timeline of the step; "
+        "`fractal-pipeline events RUN_ID` prints the same timelines in a terminal."
     ),
 )
 def fractal_images(
@@ -156,8 +197,17 @@ def fractal_images(
         store.get_store().check()
     except (InvalidSpec, StoreError) as exc:
         raise _fail(exc) from exc
+    if context.retry_number > 0:
+        stored = _materialized_in_run(context)
+        if stored:
+            context.log.info(
+                f"retry {context.retry_number}: {len(stored)} partitions were already stored by this run; "
+                f"rendering the other {len(keys) - len(stored & set(keys))}"
+            )
+            keys = [key for key in keys if key not in stored]
     context.log.info(f"storing {len(keys)} PNGs in {store.store_config().description}")
     started = time.monotonic()
+    batch_started_at = time.time()
     last_report = started
     done: list[RenderResult] = []
     failed: list[RenderFailure] = []
@@ -189,6 +239,11 @@ def fractal_images(
         passed=not failed,
         metadata={
             "checked": len(done),
+            "workers": dg.MetadataValue.md(
+                batch_summary_markdown(
+                    [WorkItem.from_result(r) for r in done], len(keys), len(failed), batch_started_at, time.time()
+                )
+            ),
             "failed": dg.MetadataValue.json({f.key: f.error for f in failed[:100]}),
         },
     )
@@ -197,6 +252,8 @@ def fractal_images(
             description=f"{len(failed)} of {len(keys)} partitions failed: "
             + "; ".join(f"{f.key}: {f.error}" for f in failed[:5]),
             metadata={"failed_keys": dg.MetadataValue.json([f.key for f in failed])},
+            # An outage is retried (the retry renders only what is missing); a bad spec is not.
+            allow_retries=any(f.transient for f in failed),
         )
 
 
@@ -206,9 +263,19 @@ def fractal_images(
     owners=["team:fractal-pipeline"],
     ins={"fractal_images": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())},
     io_manager_key="png_io_manager",
+    # Rebuilt once after image partitions land: when any of them updated since the last collage,
+    # and none is being rendered (many image runs landing together give one collage run). Unlike
+    # eager(), partitions without a PNG do not block it: the collage leaves them out.
+    automation_condition=(
+        dg.AutomationCondition.any_deps_updated().since_last_handled()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("images_landed"),
     description=(
         "All stored fractal images tiled into one picture at `collages/fractal_collage.png`. "
-        "Streams thumbnails: only one full-size image is decoded at a time."
+        "Streams thumbnails: only one full-size image is decoded at a time.\n\n"
+        "Metadata: `thumbnail` (256 px preview, *Show Markdown*), `tiles`, `missing` (partitions "
+        "without a stored PNG, left out), `size`, `location`, `bytes`."
     ),
 )
 def fractal_collage(context: dg.AssetExecutionContext, fractal_images: PngCollection) -> dg.Output[object]:

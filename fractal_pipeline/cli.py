@@ -6,6 +6,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -13,8 +14,13 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
+from fractal_pipeline.aws.commands import register as register_aws_commands
+from fractal_pipeline.aws.commands import use_backend
 from fractal_pipeline.fractals import KINDS, PALETTES, FractalSpec, InvalidSpec, render_png
+from fractal_pipeline.observability import SOURCE_TAG
+from fractal_pipeline.partitions import contiguous_blocks
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -27,8 +33,15 @@ app = typer.Typer(
 console = Console()
 err = Console(stderr=True)
 
+
+@app.callback()
+def _consoles() -> None:
+    """Fresh consoles per invocation, so terminal width (COLUMNS) is read when a command runs."""
+    global console, err
+    console = Console()
+    err = Console(stderr=True)
+
 DEFAULT_DAGSTER_HOME = Path.home() / ".fractal_pipeline" / "dagster_home"
-SOURCE_TAG = "fractal_pipeline/source"
 
 
 def ensure_dagster_home() -> Path:
@@ -66,24 +79,6 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 def _quiet(run_config: dict[str, Any] | None = None) -> dict[str, Any]:
     return {**QUIET, **(run_config or {})}
-
-
-def contiguous_blocks(keys: list[str], order: list[str]) -> list[tuple[str, str]]:
-    """Group ``keys`` into ranges of consecutive partitions in ``order`` (one run each)."""
-    wanted = set(keys)
-    blocks: list[tuple[str, str]] = []
-    start: str | None = None
-    previous: str | None = None
-    for key in order:
-        if key in wanted:
-            start = start or key
-            previous = key
-        elif start is not None and previous is not None:
-            blocks.append((start, previous))
-            start = None
-    if start is not None and previous is not None:
-        blocks.append((start, previous))
-    return blocks
 
 
 def _execute_with_progress(
@@ -140,6 +135,7 @@ def run(
     palette: Annotated[str, typer.Option(help=f"{', '.join(PALETTES)} or random")] = "rainbow",
     workers: Annotated[int, typer.Option(help="Worker processes (0 = one per CPU)")] = 0,
     collage: Annotated[bool, typer.Option("--collage/--no-collage", help="Tile all stored images")] = True,
+    backend: Annotated[str, typer.Option(help="local (process pool) or lambda (the deployed stack)")] = "local",
 ) -> None:
     """Generate COUNT random specs, render them in one batched run, update the collage, print the keys."""
     ensure_dagster_home()
@@ -150,6 +146,12 @@ def run(
             FractalSpec(kind, 0)
     except InvalidSpec as exc:
         raise fail(str(exc), 2) from None
+    try:
+        chosen = use_backend(backend)  # lambda: FRACTALS_LAMBDA_FUNCTION/BUCKET from the deployed stack
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+    if chosen:
+        err.print(chosen, highlight=False, soft_wrap=True)
 
     import warnings
 
@@ -261,6 +263,221 @@ def render_command(
     path.write_bytes(data)
     elapsed = (time.perf_counter() - started) * 1000
     console.print(f"{path}: {spec.key}, {spec.segments:,} segments, {len(data):,} bytes, {elapsed:.0f} ms")
+
+
+# --------------------------------------------------------------------------------------------
+# Observability: runs, logs, events (read what the instance recorded; see observability.py)
+
+_STATUS_STYLE = {"SUCCESS": "green", "FAILURE": "red", "CANCELED": "dim", "CANCELING": "yellow"}
+
+
+def _read_instance() -> tuple[dg.DagsterInstance, Path]:
+    """The instance in ``$DAGSTER_HOME`` (default: the CLI's), for reading; never creates one."""
+    import warnings
+
+    import dagster as dg
+
+    from fractal_pipeline.observability import ObservabilityError, open_instance
+
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).expanduser().resolve()
+    try:
+        return open_instance(home), home
+    except ObservabilityError as exc:
+        raise fail(str(exc)) from None
+
+
+def _resolve_run(instance: dg.DagsterInstance, home: Path, prefix: str) -> str:
+    from fractal_pipeline.observability import ObservabilityError, resolve_run_id
+
+    try:
+        return resolve_run_id(instance, prefix)
+    except ObservabilityError as exc:
+        raise fail(f"{exc} (DAGSTER_HOME={home})") from None
+
+
+def _clock(timestamp: float | None) -> str:
+    from datetime import datetime
+
+    return "" if timestamp is None else datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return ""
+    if value < 60:
+        return f"{value:.1f} s"
+    minutes, seconds = divmod(round(value), 60)
+    return f"{minutes}m {seconds:02d}s" if minutes < 60 else f"{minutes // 60}h {minutes % 60:02d}m"
+
+
+def _t(seconds: float) -> str:
+    """Seconds since the run started, to the millisecond (no "-0.000")."""
+    return f"{round(seconds, 3) or 0.0:.3f}"
+
+
+def _ms(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def _status(status: str) -> Text:
+    return Text(status, style=_STATUS_STYLE.get(status, "yellow"))
+
+
+def _plain_table(*columns: str, right: Sequence[str] = ()) -> Table:
+    table = Table(*columns)
+    for column in table.columns:
+        if column.header in right:
+            column.justify = "right"
+    return table
+
+
+def _row(table: Table, *cells: str | Text) -> None:
+    """Add a row of literal text (log messages contain brackets that are not rich markup)."""
+    table.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in cells))
+
+
+def _run_heading(info: Any) -> Text:
+    what = ", ".join(info.assets) or "(no assets)"
+    if info.partitions:
+        count = f", {info.partition_count} partitions" if info.partition_count else ""
+        what += f" ({info.partitions}{count})"
+    return Text.assemble(("run " + info.short_id, "bold"), " ", _status(info.status), f" · {info.source} · {what}")
+
+
+def _note_run_state(info: Any, lines: Sequence[Any] = ()) -> None:
+    """One line on stderr when the run is not (successfully) finished."""
+    if not info.finished:
+        err.print(f"run {info.short_id} is still {info.status}: showing what it recorded so far", soft_wrap=True)
+    elif info.status == "FAILURE":
+        reason = next((line.message for line in lines if line.event == "STEP_FAILURE"), "see `fractal-pipeline logs`")
+        err.print(Text(f"run {info.short_id} failed: {reason}"), soft_wrap=True)
+
+
+@app.command("runs")
+def runs_command(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many of the most recent runs")] = 20,
+) -> None:
+    """Recent runs: id, status, start, duration, assets, partitions and who launched them (cli, ui, sensor...)."""
+    from fractal_pipeline.observability import list_runs
+
+    instance, home = _read_instance()
+    runs = list_runs(instance, limit)
+    if not runs:
+        err.print(
+            Text(f"no runs in {home} yet; start one with `fractal-pipeline run` or `dagster dev`"), soft_wrap=True
+        )
+        return
+    table = _plain_table("run", "status", "started", "duration", "assets", "partitions", "launched by")
+    for column in table.columns[:4]:
+        column.no_wrap = True
+    table.caption = f"{len(runs)} of {instance.get_runs_count()} runs in {home}"
+    for run in runs:
+        duration = _seconds(run.duration())
+        partitions = run.partitions
+        if run.partition_count and "..." in partitions:
+            partitions += f" ({run.partition_count})"
+        _row(
+            table,
+            run.short_id,
+            _status(run.status),
+            _clock(run.start or run.created),
+            duration if run.finished else f"{duration} (running)".strip(),
+            ", ".join(run.assets),
+            partitions,
+            run.source,
+        )
+    console.print(table)
+
+
+@app.command("logs")
+def logs_command(
+    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix of it (see `fractal-pipeline runs`)")],
+) -> None:
+    """A run's structured log messages in time order, then the stdout/stderr its steps captured."""
+    from fractal_pipeline.observability import captured_outputs, run_info, run_log_lines
+
+    instance, home = _read_instance()
+    full_id = _resolve_run(instance, home, run_id)
+    info = run_info(instance, full_id)
+    lines = run_log_lines(instance, full_id)
+    console.print(_run_heading(info))
+    table = _plain_table("t (s)", "level", "step", "event", "message", right=("t (s)",))
+    table.title = f"event log: {len(lines)} entries, seconds since the run started"
+    for line in lines:
+        _row(table, _t(line.t), line.level, line.step or "", line.event or "", line.message)
+    console.print(table)
+    outputs = captured_outputs(instance, full_id)
+    if not outputs:
+        console.print("(no captured stdout/stderr for this run)")
+    for output in outputs:
+        where = f"{', '.join(output.step_keys) or 'run'} (pid {output.pid})"
+        state = "" if output.complete else ", still capturing"
+        for stream, text in (("stdout", output.stdout), ("stderr", output.stderr)):
+            console.rule(Text(f"{stream} of {where}{state}"), style="dim")
+            console.print(text.rstrip("\n") or "(empty)", markup=False, highlight=False, soft_wrap=True)
+    _note_run_state(info, lines)
+
+
+@app.command("events")
+def events_command(
+    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix of it (see `fractal-pipeline runs`)")],
+    unified: Annotated[bool, typer.Option("--unified", help="One table ordered by time, with a worker column")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable: run, workers and events")] = False,
+) -> None:
+    """What each worker did and when: start, render KEY, encode, put fractals/KEY.png, stop.
+
+    Times are seconds since the run started, read from the event log and the per-partition metadata.
+    """
+    import json
+
+    from fractal_pipeline.observability import RENDER_ROLE, run_log_lines, run_timeline
+
+    instance, home = _read_instance()
+    full_id = _resolve_run(instance, home, run_id)
+    timeline = run_timeline(instance, full_id)
+    info = timeline.run
+    if as_json:
+        sys.stdout.write(json.dumps(timeline.to_json(), indent=2) + "\n")
+    else:
+        console.print(_run_heading(info))
+        if unified:
+            table = _plain_table("t (s)", "worker", "event", "subject", "ms", "busy", right=("t (s)", "ms", "busy"))
+            table.caption = "busy: render workers rendering, encoding or storing at that moment"
+            for event, busy in zip(timeline.events, timeline.busy_workers, strict=True):
+                _row(table, _t(event.t), event.worker, event.event, event.subject, _ms(event.duration_ms), str(busy))
+            console.print(table)
+        else:
+            for lane in timeline.lanes:
+                if lane.role == RENDER_ROLE:
+                    title = (
+                        f"{lane.worker} · render worker · {lane.partitions} PNGs · "
+                        f"busy {lane.busy_s:.3f} s of {lane.end - lane.start:.3f} s"
+                    )
+                else:
+                    title = f"{lane.worker} · dagster process"
+                console.print(Text(title, style="bold"))
+                table = _plain_table("t (s)", "event", "subject", "ms", right=("t (s)", "ms"))
+                for event in lane.events:
+                    _row(table, _t(event.t), event.event, event.subject, _ms(event.duration_ms))
+                console.print(table)
+        workers = timeline.render_lanes
+        if workers:
+            work_s = sum(lane.busy_s for lane in workers)
+            span = max(lane.end for lane in workers) - min(lane.start for lane in workers)
+            console.print(
+                f"{len(workers)} render workers, {sum(lane.partitions for lane in workers)} PNGs, "
+                f"peak {timeline.peak_parallel} working at once, {work_s:.3f} s of work in {span:.3f} s "
+                "from the first worker start to the last put",
+                highlight=False,
+            )
+        else:
+            console.print("no render workers in this run (only fractal_images runs render)", highlight=False)
+    _note_run_state(info, run_log_lines(instance, full_id) if info.status == "FAILURE" else ())
+
+
+register_aws_commands(app)  # deploy, destroy
 
 
 def main() -> None:

@@ -42,6 +42,9 @@ class RenderResult:
     encoded_at: float
     stored_at: float
     thumbnail_png: bytes = field(repr=False)
+    #: When the worker process that rendered this started (pool workers) or began this
+    #: call; the ``start`` of its timeline in ``fractal-pipeline events``.
+    worker_started_at: float = 0.0
 
     @property
     def render_ms(self) -> float:
@@ -75,14 +78,37 @@ class RenderResult:
 
 @dataclass(frozen=True)
 class RenderFailure:
-    """A spec that could not be rendered or stored, with the one-line reason."""
+    """A spec that could not be rendered or stored, with the one-line reason.
+
+    ``transient`` marks failures worth retrying later (the store was
+    unreachable), as opposed to a spec that fails every time.
+    """
 
     key: str
     error: str
+    transient: bool = False
 
 
-def render_and_store(key: str, store: FractalStore, worker: str | None = None) -> RenderResult:
-    """Render the spec with this key, store its PNG, and report the timings."""
+#: Exception class names (anywhere in the MRO) that mean "could not reach the store".
+TRANSIENT_ERRORS = frozenset(
+    {"EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionError"}
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for network/storage outages (worth a retry), false for bad specs and bugs."""
+    return bool(getattr(exc, "transient", False)) or bool(
+        {cls.__name__ for cls in type(exc).__mro__} & TRANSIENT_ERRORS
+    )
+
+
+def render_and_store(
+    key: str, store: FractalStore, worker: str | None = None, worker_started_at: float | None = None
+) -> RenderResult:
+    """Render the spec with this key, store its PNG, and report the timings.
+
+    ``worker_started_at`` is when the calling worker started (default: now).
+    """
     spec = FractalSpec.from_key(key)
     started = time.time()
     image = render_indexed(spec)
@@ -110,20 +136,38 @@ def render_and_store(key: str, store: FractalStore, worker: str | None = None) -
         encoded_at=encoded,
         stored_at=stored,
         thumbnail_png=out.getvalue(),
+        worker_started_at=worker_started_at if worker_started_at is not None else started,
     )
 
 
 _worker_store: FractalStore | None = None
+_worker_started_at: float | None = None
+
+
+def process_started_at() -> float:
+    """Wall-clock time at which this process started (from ``/proc`` on Linux; elsewhere: now).
+
+    A pool worker reports it as its ``worker_started_at``, so its timeline shows the
+    spawn and import time before its first render.
+    """
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+            up_s = float(uptime.read().split()[0])
+        return time.time() - (up_s - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.time()
 
 
 def _init_worker(config: StoreConfig) -> None:
-    global _worker_store
+    global _worker_store, _worker_started_at
+    _worker_started_at = process_started_at()
     _worker_store = config.open()
 
 
 def _work(key: str) -> RenderResult:
     assert _worker_store is not None, "worker not initialised"
-    return render_and_store(key, _worker_store)
+    return render_and_store(key, _worker_store, worker_started_at=_worker_started_at)
 
 
 @contextmanager
@@ -195,7 +239,7 @@ def render_many(
                         else:
                             yield RenderFailure(key, "worker process died while rendering (killed or out of memory)")
                     except Exception as exc:  # one bad spec must not stop the batch
-                        yield RenderFailure(key, f"{type(exc).__name__}: {exc}")
+                        yield RenderFailure(key, f"{type(exc).__name__}: {exc}", transient=is_transient(exc))
                 if should_stop is not None and should_stop():
                     return
         finally:
