@@ -31,7 +31,15 @@ MAX_OBJECT_KEY = 200
 
 
 class StoreError(RuntimeError):
-    """The store cannot be used as configured; the message says which setting to fix."""
+    """The store cannot be used as configured; the message says which setting to fix.
+
+    ``transient`` is true when the store could not be reached (an outage worth
+    retrying), false when the configuration itself is wrong.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def image_key(spec_key: str) -> str:
@@ -291,5 +299,6 @@ class S3Store(FractalStore):
             raise StoreError(f"FRACTALS_BUCKET: bucket {self.bucket!r}{where} is not usable ({code})") from exc
         except BotoCoreError as exc:
             raise StoreError(
-                f"AWS_ENDPOINT_URL: cannot reach S3{where} ({type(exc).__name__}); check the endpoint and network"
+                f"AWS_ENDPOINT_URL: cannot reach S3{where} ({type(exc).__name__}); check the endpoint and network",
+                transient=True,
             ) from exc

@@ -23,6 +23,15 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 QUIET: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
+@pytest.fixture(autouse=True)
+def _isolated_environ() -> Iterator[None]:
+    """Undo environment changes a test makes (the CLI sets DAGSTER_HOME when invoked in-process)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture
 def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
     """A temporary SQLite-backed instance (dynamic partitions, runs, events)."""
@@ -60,20 +69,24 @@ def moto_endpoint() -> Iterator[str]:
 def s3_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """S3 deployment against moto: a fresh bucket, credentials and endpoint in the environment."""
     bucket = f"fractals-{uuid.uuid4().hex[:10]}"
-    env = {
-        "AWS_ENDPOINT_URL": moto_endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "FRACTALS_BUCKET": bucket,
-    }
+    env = {**moto_credentials(moto_endpoint), "FRACTALS_BUCKET": bucket}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("MINIO_ENDPOINT", raising=False)
     monkeypatch.delenv("FRACTAL_DEPLOYMENT", raising=False)
     s3_client(moto_endpoint).create_bucket(Bucket=bucket)
     return env
+
+
+def moto_credentials(endpoint: str) -> dict[str, str]:
+    """Environment that points boto3 (and the aws CLI) at moto with dummy credentials."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
 
 
 def s3_client(endpoint: str) -> Any:
