@@ -41,6 +41,7 @@ def _consoles() -> None:
     console = Console()
     err = Console(stderr=True)
 
+
 DEFAULT_DAGSTER_HOME = Path.home() / ".fractal_pipeline" / "dagster_home"
 
 

@@ -61,6 +61,9 @@ def _assert_complete_pngs(folder: Path) -> list[str]:
     return keys
 
 
+@pytest.mark.reliability(
+    "worker fault", "SIGKILL one of 2 render workers mid-batch (30 specs, 512 px): its specs retried in a fresh pool"
+)
 def test_a_killed_worker_loses_nothing(tmp_path: Path) -> None:
     specs = random_specs(30, seed=12, palette=None, size=512)
     outcomes: list[RenderResult | RenderFailure] = []
@@ -75,6 +78,9 @@ def test_a_killed_worker_loses_nothing(tmp_path: Path) -> None:
     assert not _spawned_workers()  # the pools are gone
 
 
+@pytest.mark.reliability(
+    "worker fault", "SIGKILL a worker during a fractal_images run (24 partitions): every partition materialised once"
+)
 def test_a_killed_worker_during_a_run_still_materialises_every_partition_once(
     local_env: Path, instance: dg.DagsterInstance
 ) -> None:
@@ -93,6 +99,10 @@ def test_a_killed_worker_during_a_run_still_materialises_every_partition_once(
     assert sorted(_assert_complete_pngs(folder)) == sorted(keys)
 
 
+@pytest.mark.reliability(
+    "storage outage",
+    "S3 server stopped for 3 s in a 200-partition run: completes or fails in one line; re-run fills the gaps",
+)
 @pytest.mark.s3
 def test_s3_outage_mid_run_completes_or_fails_cleanly_and_rerun_fills_the_gaps(
     instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch

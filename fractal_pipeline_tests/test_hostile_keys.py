@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fractal_pipeline.fractals import FractalSpec, InvalidSpec
+from fractal_pipeline.fractals import KINDS, MAX_SIZE, SEGMENT_BUDGET, FractalSpec, InvalidSpec
+from fractal_pipeline.specfiles import parse_spec_file
 from fractal_pipeline.store import LocalStore, StoreError, image_key, validate_object_key
 
 NASTY = [
@@ -41,6 +45,9 @@ NASTY = [
 near_keys = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-./\\\x00 ~ｄаΑ", max_size=80)
 
 
+@pytest.mark.reliability(
+    "hostile input", "23 hand-picked traversal/look-alike/NUL/over-long keys refused naming the field"
+)
 @pytest.mark.parametrize("key", NASTY)
 def test_nasty_keys_are_refused_with_the_field_named(key: str) -> None:
     with pytest.raises(InvalidSpec) as info:
@@ -50,6 +57,9 @@ def test_nasty_keys_are_refused_with_the_field_named(key: str) -> None:
         image_key(key)
 
 
+@pytest.mark.reliability(
+    "hostile input", "6,000 random and near-miss spec keys: a valid spec with that key or InvalidSpec, nothing else"
+)
 @settings(max_examples=6000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(key=st.one_of(st.text(max_size=100), near_keys))
 def test_any_key_gives_a_spec_with_that_key_or_invalid_spec(key: str) -> None:
@@ -61,6 +71,10 @@ def test_any_key_gives_a_spec_with_that_key_or_invalid_spec(key: str) -> None:
     assert image_key(key) == f"fractals/{key}.png"
 
 
+@pytest.mark.reliability(
+    "hostile input",
+    "5,000 random object keys against the local store: nothing written outside its folder, no temp files left",
+)
 @settings(max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(key=st.one_of(st.text(max_size=120), near_keys.map(lambda k: "fractals/" + k + ".png")))
 def test_local_store_never_writes_outside_its_root(tmp_path: Path, key: str) -> None:
@@ -82,3 +96,36 @@ def test_local_store_never_writes_outside_its_root(tmp_path: Path, key: str) -> 
             assert store.get(key) == b"x"
             assert not [p for p in written.parent.iterdir() if p.name.startswith(".tmp-")]
     assert {p.name for p in tmp_path.iterdir()} <= {"store"}
+
+
+# Spec-file fields: traversal strings, look-alikes, huge numbers and wrong types in every column.
+hostile_field = st.one_of(
+    st.sampled_from(["../../etc/passwd", "/abs", "dragon/../x", "dragon\\x", "ｄragon", "dragon\x00", "", " "]),
+    st.sampled_from(sorted(KINDS)),
+    st.integers(-(10**12), 10**12).map(str),
+    st.text(max_size=30),
+)
+
+
+@settings(max_examples=5000, deadline=None)
+@given(
+    rows=st.lists(st.tuples(hostile_field, hostile_field, hostile_field, hostile_field), max_size=8),
+    as_json=st.booleans(),
+)
+@pytest.mark.reliability(
+    "hostile input", "5,000 hostile CSV/JSON spec files: only safe fractals/ keys, bounded segments and size"
+)
+def test_hostile_spec_files_only_ever_yield_safe_object_keys(rows: list[tuple[str, ...]], as_json: bool) -> None:
+    if as_json:
+        body = json.dumps([dict(zip(("kind", "depth", "size", "palette"), row, strict=True)) for row in rows])
+        result = parse_spec_file("hostile.json", body.encode())
+    else:
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows([("kind", "depth", "size", "palette"), *rows])
+        result = parse_spec_file("hostile.csv", buffer.getvalue().encode())
+    for spec in result.specs:
+        key = image_key(spec.key)
+        assert validate_object_key(key) == key and key.startswith("fractals/") and ".." not in key
+        assert spec.segments <= SEGMENT_BUDGET and spec.size <= MAX_SIZE  # work is bounded before rendering
+    for row in result.rejected:
+        assert row.line >= 1 and row.reason and "\n" not in row.reason

@@ -158,3 +158,56 @@ def test_pipeline_state_lives_in_postgres(pg_env: dict[str, str], local_env: Pat
         db, "SELECT run_id FROM concurrency_slots WHERE concurrency_key = %s AND NOT deleted", "lambda_render"
     )
     assert slots == [(None,)] * 4
+
+
+@pytest.mark.reliability(
+    "database fault",
+    "pg_terminate_backend on every instance connection, repeatedly, during a 40-partition run: "
+    "the run ends cleanly and the instance stays usable",
+)
+def test_postgres_connections_killed_mid_run(pg_env: dict[str, str], local_env: Path, postgres_database: str) -> None:
+    import threading
+    import time
+
+    overrides = deploy_config("storage", "concurrency")
+    with dg.instance_for_test(overrides=overrides) as instance:
+        defs = build_definitions("local")
+        assert materialize_specs(defs, instance, count=40, seed=23, size=256, palette=None).success
+        keys = list(instance.get_dynamic_partitions(PARTITIONS_NAME))[-40:]
+        stop = threading.Event()
+        killed: list[int] = []
+
+        def terminate_backends() -> None:
+            while not stop.is_set():
+                rows = query(
+                    "postgres",
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    postgres_database,
+                )
+                killed.extend(1 for (ok,) in rows if ok)
+                time.sleep(0.2)
+
+        thread = threading.Thread(target=terminate_backends, daemon=True)
+        thread.start()
+        try:
+            result = materialize_images(defs, instance, keys[0], keys[-1])
+        except Exception as exc:  # the run may fail; it must say so, not hang or corrupt
+            result = None
+            assert str(exc)
+        finally:
+            stop.set()
+            thread.join(10)
+        assert killed, "no connection was terminated"
+        if result is not None and not result.success:
+            assert failure_message(result)
+        # The instance is still usable, and every partition it calls materialised has its PNG.
+        materialized = instance.get_materialized_partitions(dg.AssetKey("fractal_images"))
+        for key in materialized:
+            assert (local_env / "fractals" / f"{key}.png").is_file()
+        missing = [k for k in keys if k not in materialized]
+        if missing:
+            again = materialize_images(defs, instance, missing[0], missing[-1])
+            assert again.success, failure_message(again)
+        assert set(keys) <= instance.get_materialized_partitions(dg.AssetKey("fractal_images"))
+        assert instance.get_runs()

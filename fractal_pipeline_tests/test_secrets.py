@@ -15,6 +15,9 @@ SECRET = "SENTINELsecret0123456789abcdefghijklmnopq"
 KEY_ID = "AKIASENTINEL0KEYID00"
 
 
+@pytest.mark.reliability(
+    "security", "sentinel AWS credentials: absent from CLI output, logs, events, metadata and every instance file"
+)
 @pytest.mark.s3
 def test_secrets_never_leak(s3_env: dict[str, str], tmp_path: Path) -> None:
     home = tmp_path / "home"

@@ -342,6 +342,9 @@ def test_oversized_file_is_refused_without_downloading_it(s3_env: dict[str, str]
     assert "over the 5 MB limit" in get_json(s3_env, "specs/_rejected/huge.csv.json")["error"]
 
 
+@pytest.mark.reliability(
+    "storage outage", "bucket deleted between sensor ticks: the tick fails in one line, the cursor does not move"
+)
 def test_a_missing_bucket_fails_the_tick_clearly_and_keeps_the_cursor(
     s3_env: dict[str, str], instance: dg.DagsterInstance
 ) -> None:

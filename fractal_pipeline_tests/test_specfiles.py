@@ -29,6 +29,7 @@ def test_manifest_documents_every_corpus_file() -> None:
         assert entry["error"] is None or not entry["keys"], name  # a refused file gives nothing
 
 
+@pytest.mark.reliability("hostile input", "malformed spec-file corpus (50 files): each gives its documented outcome")
 @pytest.mark.parametrize("name", sorted(MANIFEST))
 def test_corpus_file_gives_documented_outcome(name: str) -> None:
     expected = MANIFEST[name]
