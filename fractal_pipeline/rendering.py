@@ -8,9 +8,12 @@ and turns each :class:`RenderResult` into a materialization as it arrives.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import multiprocessing
+import multiprocessing.util
 import os
+import signal
 import sys
 import time
 import types
@@ -22,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fractal_pipeline.fractals import FractalSpec, encode_png, render_indexed
-from fractal_pipeline.store import FractalStore, StoreConfig, image_key
+from fractal_pipeline.store import FractalStore, LocalStore, StoreConfig, image_key
 
 THUMBNAIL_PX = 128
 
@@ -161,6 +164,9 @@ def process_started_at() -> float:
 
 def _init_worker(config: StoreConfig) -> None:
     global _worker_store, _worker_started_at
+    # Ctrl-C reaches the whole process group: the parent decides when workers stop
+    # (and stops them promptly), so a worker must not swallow it mid-task and carry on.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_started_at = process_started_at()
     _worker_store = config.open()
 
@@ -168,6 +174,27 @@ def _init_worker(config: StoreConfig) -> None:
 def _work(key: str) -> RenderResult:
     assert _worker_store is not None, "worker not initialised"
     return render_and_store(key, _worker_store, worker_started_at=_worker_started_at)
+
+
+def _terminate_workers(executor: ProcessPoolExecutor, store_config: StoreConfig, grace_s: float = 2.0) -> None:
+    """Stop the worker processes within ``grace_s`` (then kill them) and remove any half-written
+    temp file they left in a local store.
+
+    The executor is not shut down here: an interrupt can arrive while ``concurrent.futures`` holds
+    one of its locks, and its management thread notices dead workers and cleans up by itself.
+    """
+    processes = list(dict(getattr(executor, "_processes", None) or {}).values())
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join(1.0)
+    store = store_config.open()
+    if isinstance(store, LocalStore):
+        store.remove_partials({process.pid for process in processes if process.pid is not None})
 
 
 @contextmanager
@@ -222,6 +249,14 @@ def render_many(
         retry: list[str] = []
         size = min(workers, len(pending))
         executor = ProcessPoolExecutor(size, mp_context=context, initializer=_init_worker, initargs=(store_config,))
+        interrupted = False
+        # If this process exits without closing the generator (an interrupted Dagster step, itself a
+        # multiprocessing child, can), stop the workers first: multiprocessing's exit hook runs
+        # finalizers with an exit priority before it joins children, and would otherwise wait
+        # forever for idle workers.
+        stop_at_exit = multiprocessing.util.Finalize(
+            executor, functools.partial(_terminate_workers, executor, store_config), exitpriority=10
+        )
         try:
             with _workers_skip_parent_main():  # workers start on submit
                 futures: dict[Future[RenderResult], str] = {executor.submit(_work, key): key for key in pending}
@@ -242,6 +277,13 @@ def render_many(
                         yield RenderFailure(key, f"{type(exc).__name__}: {exc}", transient=is_transient(exc))
                 if should_stop is not None and should_stop():
                     return
+        except BaseException:
+            # Interrupted (run cancelled, Ctrl-C, the consumer stopped): stop now, not after the queue.
+            interrupted = True
+            _terminate_workers(executor, store_config)
+            raise
         finally:
-            executor.shutdown(wait=True, cancel_futures=True)
+            stop_at_exit.cancel()
+            if not interrupted:
+                executor.shutdown(wait=True, cancel_futures=True)
         pending = retry

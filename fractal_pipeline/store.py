@@ -161,7 +161,8 @@ class LocalStore(FractalStore):
             raise StoreError(f"key: {key!r} lies under an existing object in {self.root}; use another key") from exc
         if path.is_dir():
             raise StoreError(f"key: {key!r} is a folder in {self.root}; use another key")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+        # The writer's pid in the temp name lets an interrupted batch clean up after its workers.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{os.getpid()}-", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -194,6 +195,16 @@ class LocalStore(FractalStore):
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def remove_partials(self, writer_pids: set[int]) -> int:
+        """Delete temp files left by the given (dead) writer processes; returns how many."""
+        removed = 0
+        if self.root.is_dir():
+            for pid in writer_pids:
+                for path in self.root.rglob(f".tmp-{pid}-*.part"):
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        return removed
 
     def location(self, key: str) -> str:
         return str(self._path(key).resolve())
