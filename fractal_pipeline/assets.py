@@ -1,5 +1,6 @@
 """The three assets: fractal_specs -> fractal_images (one partition per spec) -> fractal_collage."""
 
+import io
 import secrets
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from fractal_pipeline.fractals import (
 )
 from fractal_pipeline.io_managers import PngCollection
 from fractal_pipeline.observability import WorkItem, batch_summary_markdown
-from fractal_pipeline.rendering import RenderFailure, RenderResult
+from fractal_pipeline.rendering import RenderFailure, RenderResult, png_markdown
 from fractal_pipeline.resources import FractalStoreResource, RenderBackendResource
 from fractal_pipeline.store import StoreError
 
@@ -292,12 +293,8 @@ def fractal_collage(context: dg.AssetExecutionContext, fractal_images: PngCollec
     collage = make_collage(fractal_images, count=total, progress=progress)
     preview = collage.copy()
     preview.thumbnail((256, 256))
-    import base64
-    import io
-
     buffer = io.BytesIO()
     preview.save(buffer, format="PNG")
-    thumb = base64.b64encode(buffer.getvalue()).decode("ascii")
     if fractal_images.missing:
         context.log.warning(f"{len(fractal_images.missing)} partitions have no stored PNG yet and were left out")
     return dg.Output(
@@ -306,6 +303,6 @@ def fractal_collage(context: dg.AssetExecutionContext, fractal_images: PngCollec
             "tiles": total,
             "missing": len(fractal_images.missing),
             "size": f"{collage.width}x{collage.height}",
-            "thumbnail": dg.MetadataValue.md(f"![collage](data:image/png;base64,{thumb})"),
+            "thumbnail": dg.MetadataValue.md(png_markdown("collage", buffer.getvalue())),
         },
     )

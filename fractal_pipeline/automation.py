@@ -53,7 +53,7 @@ from fractal_pipeline.assets import PARTITIONS_NAME, fractal_collage, fractal_im
 from fractal_pipeline.partitions import batch_ranges
 from fractal_pipeline.resources import FractalStoreResource
 from fractal_pipeline.specfiles import SpecFile, file_format, oversize_error, parse_spec_file
-from fractal_pipeline.store import S3Store, StoreError
+from fractal_pipeline.store import S3Store, StoreError, aws_error_code
 
 SENSOR_NAME = "fractal_spec_files"
 SCHEDULE_NAME = "random_fractals_schedule"
@@ -248,11 +248,6 @@ def _server_time(s3: S3Store) -> datetime | None:
         return None
 
 
-def _client_error_code(exc: Exception) -> str:
-    response = getattr(exc, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
-
-
 def rejected_key(prefix: str, key: str) -> str:
     """Where the report of ``key`` goes: ``<prefix>_rejected/<name relative to prefix>.json``."""
     return f"{prefix}{REJECTED_DIR}{key[len(prefix) :]}.json"
@@ -263,7 +258,7 @@ def _read(client: Any, bucket: str, obj: Mapping[str, Any]) -> bytes | None:
     try:
         response = client.get_object(Bucket=bucket, Key=obj["Key"], IfMatch=obj["ETag"])
     except Exception as exc:
-        code = _client_error_code(exc)
+        code = aws_error_code(exc)
         if code in {"NoSuchKey", "404", "PreconditionFailed", "412"}:
             return None
         raise
@@ -281,7 +276,7 @@ def _parse_object(client: Any, bucket: str, obj: Mapping[str, Any]) -> SpecFile 
     try:
         data = _read(client, bucket, obj)
     except Exception as exc:
-        if _client_error_code(exc) in {"AccessDenied", "403", "Forbidden"}:
+        if aws_error_code(exc) in {"AccessDenied", "403", "Forbidden"}:
             return SpecFile(name=key, format=file_format(key), error="file: access denied; check the bucket policy")
         raise
     return None if data is None else parse_spec_file(key, data)

@@ -20,7 +20,7 @@ from fractal_pipeline.aws.commands import register as register_aws_commands
 from fractal_pipeline.aws.commands import use_backend
 from fractal_pipeline.fractals import KINDS, PALETTES, FractalSpec, InvalidSpec, render_png
 from fractal_pipeline.observability import SOURCE_TAG
-from fractal_pipeline.partitions import contiguous_blocks
+from fractal_pipeline.partitions import contiguous_blocks, range_size
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -194,7 +194,7 @@ def run(
     order = list(instance.get_dynamic_partitions(PARTITIONS_NAME))
     failures: list[str] = []
     for first, last in contiguous_blocks(keys, order):
-        total = order.index(last) - order.index(first) + 1
+        total = range_size(first, last, order)
         images = _execute_with_progress(
             job,
             instance,

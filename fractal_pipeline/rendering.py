@@ -30,6 +30,11 @@ from fractal_pipeline.store import FractalStore, LocalStore, StoreConfig, image_
 THUMBNAIL_PX = 128
 
 
+def png_markdown(alt: str, png: bytes) -> str:
+    """Markdown showing ``png`` inline (a data: URI): how thumbnails appear in Dagster metadata."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
+
+
 @dataclass(frozen=True)
 class RenderResult:
     """What rendering one spec did: where the PNG went, how long each phase took."""
@@ -63,8 +68,7 @@ class RenderResult:
 
     def thumbnail_markdown(self) -> str:
         """Markdown with the thumbnail inline (a data: URI), for Dagster metadata."""
-        encoded = base64.b64encode(self.thumbnail_png).decode("ascii")
-        return f"![{self.key}](data:image/png;base64,{encoded})"
+        return png_markdown(self.key, self.thumbnail_png)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe fields (the thumbnail as base64), e.g. for dagster-pipes."""

@@ -220,6 +220,18 @@ class LocalStore(FractalStore):
             raise StoreError(f"FRACTALS_DIR: {self.root} is not writable; point it at a writable folder")
 
 
+def aws_error_code(exc: BaseException) -> str:
+    """The error code of a botocore ``ClientError`` (e.g. ``NoSuchKey``, ``404``), or "" for other errors."""
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def aws_error_message(exc: BaseException) -> str:
+    """The service's error message of a botocore ``ClientError``, else the exception's text."""
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Message", exc))
+
+
 def s3_client(endpoint_url: str | None = None, region_name: str | None = None) -> Any:
     """A boto3 S3 client with adaptive retries (outages are retried with backoff)."""
     import boto3
@@ -256,7 +268,7 @@ class S3Store(FractalStore):
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=validate_object_key(key))
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+            if aws_error_code(exc) in {"NoSuchKey", "404"}:
                 raise KeyError(key) from None
             raise
         data: bytes = response["Body"].read()
@@ -268,7 +280,7 @@ class S3Store(FractalStore):
         try:
             self.client.head_object(Bucket=self.bucket, Key=validate_object_key(key))
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}:
+            if aws_error_code(exc) in {"NoSuchKey", "404", "NotFound"}:
                 return False
             raise
         return True
@@ -297,7 +309,7 @@ class S3Store(FractalStore):
                 "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
             ) from exc
         except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code"))
+            code = aws_error_code(exc) or "no error code"
             if code in {"404", "NoSuchBucket", "NotFound"}:
                 raise StoreError(
                     f"FRACTALS_BUCKET: bucket {self.bucket!r} does not exist{where}; create it or fix FRACTALS_BUCKET"

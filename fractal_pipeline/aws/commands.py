@@ -24,6 +24,7 @@ from fractal_pipeline.aws.deploy import (
     destroy,
     stack_outputs,
 )
+from fractal_pipeline.store import aws_error_code, aws_error_message
 
 console = Console()
 err = Console(stderr=True)
@@ -49,9 +50,7 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _aws_error(exc: Exception) -> str:
-    response = getattr(exc, "response", None) or {}
-    error = response.get("Error", {})
-    return f"{error.get('Code', type(exc).__name__)}: {error.get('Message', exc)}"
+    return f"{aws_error_code(exc) or type(exc).__name__}: {aws_error_message(exc)}"
 
 
 def _echo(line: str) -> None:

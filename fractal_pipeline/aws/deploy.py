@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from fractal_pipeline.store import aws_error_code, aws_error_message
+
 DEFAULT_STACK = "fractal-pipeline"
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "deploy" / "template.yaml"
 CAPABILITIES = ["CAPABILITY_IAM"]
@@ -86,16 +88,6 @@ def client(service: str, region_name: str | None = None) -> Any:
     return boto3.client(service, region_name=region_name)
 
 
-def _error_code(exc: Exception) -> str:
-    response = getattr(exc, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", ""))
-
-
-def _error_message(exc: Exception) -> str:
-    response = getattr(exc, "response", None) or {}
-    return str(response.get("Error", {}).get("Message", exc))
-
-
 def describe_stack(cfn: Any, stack: str) -> dict[str, Any] | None:
     """The stack's description, or None if there is no such (live) stack."""
     from botocore.exceptions import ClientError
@@ -103,7 +95,7 @@ def describe_stack(cfn: Any, stack: str) -> dict[str, Any] | None:
     try:
         stacks = cfn.describe_stacks(StackName=stack)["Stacks"]
     except ClientError as exc:
-        if _error_code(exc) == "ValidationError" and "does not exist" in _error_message(exc):
+        if aws_error_code(exc) == "ValidationError" and "does not exist" in aws_error_message(exc):
             return None
         raise
     if not stacks or stacks[0]["StackStatus"] == "DELETE_COMPLETE":
@@ -194,7 +186,7 @@ def wait_for_stack(
             for event in _new_events(cfn, stack, seen):
                 echo(_event_line(event))
         except ClientError as exc:
-            if "does not exist" not in _error_message(exc):
+            if "does not exist" not in aws_error_message(exc):
                 raise
         description = describe_stack(cfn, stack)
         status = description["StackStatus"] if description else None
@@ -285,7 +277,7 @@ def deploy(
             Tags=tags,
         )
     except ClientError as exc:  # some implementations refuse an empty update up front
-        if kind == "UPDATE" and any(text in _error_message(exc) for text in NO_CHANGES):
+        if kind == "UPDATE" and any(text in aws_error_message(exc) for text in NO_CHANGES):
             echo(f"stack {stack} is up to date: no changes")
             return DeployResult(stack, "unchanged", stack_outputs(description or {}))
         raise
