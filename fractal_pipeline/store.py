@@ -232,6 +232,27 @@ def aws_error_message(exc: BaseException) -> str:
     return str(response.get("Error", {}).get("Message", exc))
 
 
+#: S3 error codes that mean the credentials themselves are wrong, with the setting to fix.
+CREDENTIAL_ERRORS = {
+    "InvalidAccessKeyId": (
+        "AWS_ACCESS_KEY_ID: S3{where} does not accept the access key id ({code}: deleted, deactivated "
+        "or mistyped); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, to a valid key"
+    ),
+    "SignatureDoesNotMatch": (
+        "AWS_SECRET_ACCESS_KEY: the secret access key does not belong to the access key id ({code}){where}; "
+        "fix AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+    ),
+    "ExpiredToken": (
+        "AWS_SESSION_TOKEN: the temporary credentials have expired ({code}){where}; "
+        "refresh them (AWS_PROFILE, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN)"
+    ),
+    "InvalidToken": (
+        "AWS_SESSION_TOKEN: the session token is not valid ({code}){where}; "
+        "refresh the credentials (AWS_PROFILE, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN)"
+    ),
+}
+
+
 def s3_client(endpoint_url: str | None = None, region_name: str | None = None) -> Any:
     """A boto3 S3 client with adaptive retries (outages are retried with backoff)."""
     import boto3
@@ -297,6 +318,20 @@ class S3Store(FractalStore):
     def location(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
+    def _denied_code(self) -> str:
+        """Why S3 refused a HEAD request (a 403 without a body): the error code a GET is refused with,
+        if it is about the credentials or access; else ""."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+        except ClientError as exc:
+            code = aws_error_code(exc)
+            return code if code in CREDENTIAL_ERRORS or code == "AccessDenied" else ""
+        except BotoCoreError:
+            return ""
+        return ""
+
     def check(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
@@ -314,7 +349,11 @@ class S3Store(FractalStore):
                 raise StoreError(
                     f"FRACTALS_BUCKET: bucket {self.bucket!r} does not exist{where}; create it or fix FRACTALS_BUCKET"
                 ) from exc
-            if code in {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden"}:
+            if code in {"403", "Forbidden"}:
+                code = self._denied_code() or code
+            if code in CREDENTIAL_ERRORS:
+                raise StoreError(CREDENTIAL_ERRORS[code].format(code=code, where=where)) from exc
+            if code in {"403", "AccessDenied", "Forbidden"}:
                 raise StoreError(
                     f"AWS_ACCESS_KEY_ID: access to bucket {self.bucket!r}{where} denied ({code}); "
                     "check the credentials and the bucket policy"

@@ -7,11 +7,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+import urllib.request
+import uuid
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import boto3
 import dagster as dg
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
@@ -356,6 +359,97 @@ def test_a_missing_bucket_fails_the_tick_clearly_and_keeps_the_cursor(
     with pytest.raises(StoreError, match="FRACTALS_BUCKET: bucket 'no-such-bucket-fractals' does not exist"):
         daemon.tick()
     assert daemon.cursor == kept
+
+
+@pytest.fixture
+def moto_auth(s3_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """Credentials of an IAM user allowed s3:*; while the test runs, moto's server checks every
+    request's signature against its IAM users (its ``/moto-api/reset-auth`` switch) and rejects
+    unknown access keys and wrong secrets as AWS does."""
+    endpoint = s3_env["AWS_ENDPOINT_URL"]
+    iam = boto3.client(
+        "iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="t"
+    )
+    user = f"sensor-{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=user)
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+    iam.put_user_policy(UserName=user, PolicyName="fractals", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+
+    def requests_unchecked_before(count: str) -> None:
+        url, headers = f"{endpoint}/moto-api/reset-auth", {"Content-Type": "text/plain"}
+        urllib.request.urlopen(urllib.request.Request(url, data=count.encode(), headers=headers), timeout=10).close()
+
+    requests_unchecked_before("0")
+    try:
+        yield {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+    finally:
+        requests_unchecked_before("inf")  # the session's other tests use moto's default: no checks
+
+
+@pytest.mark.reliability(
+    "storage outage",
+    "credentials become invalid between sensor ticks: the tick fails in one line naming the variable, "
+    "the cursor does not move; restored, every file is handled once",
+)
+def test_invalid_credentials_fail_the_tick_clearly_and_keep_the_cursor(
+    s3_env: dict[str, str], instance: dg.DagsterInstance, moto_auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def credentials(access_key_id: str, secret: str) -> None:
+        """The sensor's code server restarted with these in its environment: a new process resolves
+        boto3's credentials afresh (a running one keeps those its default session resolved first)."""
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", access_key_id)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+        monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+
+    uploader = boto3.client(
+        "s3",
+        endpoint_url=s3_env["AWS_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id=moto_auth["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=moto_auth["AWS_SECRET_ACCESS_KEY"],
+    )
+
+    def upload(key: str, body: str) -> str:
+        etag = uploader.put_object(Bucket=s3_env["FRACTALS_BUCKET"], Key=key, Body=body.encode())["ETag"]
+        return f"{key}@{str(etag).strip(chr(34))}"
+
+    credentials(moto_auth["AWS_ACCESS_KEY_ID"], moto_auth["AWS_SECRET_ACCESS_KEY"])
+    first = upload("specs/a.csv", "kind,depth\ndragon,3\n")
+    daemon = FakeDaemon(instance, s3_env)
+
+    def tick() -> list[str]:
+        return [str(run.run_key) for run in daemon.tick().run_requests or []]
+
+    assert tick() == [first]
+    kept = daemon.cursor
+    requested: list[str] = []
+
+    credentials(moto_auth["AWS_ACCESS_KEY_ID"], "not-the-secret-of-this-key")
+    late = upload("specs/b.csv", "kind,depth\nlevy_c,4\n")  # arrives while the sensor cannot read
+    with pytest.raises(StoreError) as wrong_secret:
+        requested += tick()
+    assert str(wrong_secret.value).startswith("AWS_SECRET_ACCESS_KEY: ")
+    assert "(SignatureDoesNotMatch)" in str(wrong_secret.value)
+    assert daemon.cursor == kept
+
+    credentials("AKIAFRACTALSUNKNOWN0", moto_auth["AWS_SECRET_ACCESS_KEY"])
+    with pytest.raises(StoreError) as unknown_key:
+        requested += tick()
+    assert str(unknown_key.value).startswith("AWS_ACCESS_KEY_ID: ")
+    assert "(InvalidAccessKeyId: deleted, deactivated or mistyped)" in str(unknown_key.value)
+    assert daemon.cursor == kept
+    for error in (wrong_secret.value, unknown_key.value):
+        message = str(error)
+        assert "\n" not in message and "AWS_PROFILE" in message and s3_env["AWS_ENDPOINT_URL"] in message
+        assert moto_auth["AWS_SECRET_ACCESS_KEY"] not in message and moto_auth["AWS_ACCESS_KEY_ID"] not in message
+
+    credentials(moto_auth["AWS_ACCESS_KEY_ID"], moto_auth["AWS_SECRET_ACCESS_KEY"])
+    after = upload("specs/c.csv", "kind,depth\nsierpinski,3\n")
+    requested += tick()
+    requested += tick()
+    assert sorted(requested) == [late, after]  # each file once, none lost
+    assert sorted(daemon.launched) == sorted([first, late, after])
 
 
 def test_work_is_spread_over_ticks_each_file_once(s3_env: dict[str, str], instance: dg.DagsterInstance) -> None:
