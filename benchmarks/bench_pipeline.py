@@ -4,8 +4,13 @@
     python benchmarks/bench_pipeline.py --quick    # N=60, collage of 200 (a smoke run)
 
 1. Pure render time: render_png of the N specs in this process, one after another.
+   Measurements 1 and 2 are interleaved over --rounds rounds (default 3) and the
+   medians reported: this 2-core VM's speed drifts by 10-20 % from minute to minute.
 2. The same N specs as one batched `fractal_images` run on a temporary SQLite
-   instance with 1 worker, then with 2: wall time of the step's run.
+   instance configured as `fractal-pipeline run` configures a new DAGSTER_HOME
+   (instance_storage.instance_yaml: pooled event-log connections) with 1 worker,
+   then with 2: wall time of the step's run. For reference, the 1-worker run
+   again on Dagster's stock `storage: sqlite` (a fresh home, same files).
    Overhead = wall(1 worker) - pure render time (goal <= 10 % of the render time);
    speed-up = wall(2 workers) / wall(1 worker) (goal <= 0.6x).
 3. `fractal_collage` of M stored images in a fresh process: peak RSS (goal <= 500 MB).
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +35,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from fractal_pipeline.assets import PARTITIONS_NAME
 from fractal_pipeline.definitions import build_definitions
 from fractal_pipeline.fractals import FractalSpec, random_specs, render_png
+from fractal_pipeline.instance_storage import instance_yaml
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
@@ -80,35 +87,48 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=500, help="specs in the batched run (<= 500 distinct)")
     parser.add_argument("--collage", type=int, default=1000, help="images in the collage")
     parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--quick", action="store_true", help="N=60, collage of 200")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians are reported)")
+    parser.add_argument("--quick", action="store_true", help="N=60, collage of 200, 1 round")
     args = parser.parse_args()
     if args.quick:
-        args.count, args.collage = 60, 200
+        args.count, args.collage, args.rounds = 60, 200, 1
 
     results: list[tuple[str, str, str, bool]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp) / "home"
-        home.mkdir()
-        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        home, stock_home = Path(tmp) / "home", Path(tmp) / "stock_home"
+        for folder, storage in ((home, instance_yaml(home)), (stock_home, "")):
+            folder.mkdir()
+            (folder / "dagster.yaml").write_text(f"{storage}telemetry:\n  enabled: false\n")
         os.environ["DAGSTER_HOME"] = str(home)
         os.environ["FRACTALS_DIR"] = str(Path(tmp) / "fractals")
         os.environ.pop("FRACTALS_BUCKET", None)
 
         specs = random_specs(args.count, seed=2026, palette=None, size=args.size)
         keys = [spec.key for spec in specs]
-        with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
-            instance.add_dynamic_partitions(PARTITIONS_NAME, keys)
+        for folder in (home, stock_home):
+            with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(folder))) as instance:
+                instance.add_dynamic_partitions(PARTITIONS_NAME, keys)
 
-        print(f"# bench_pipeline: {len(specs)} specs at {args.size} px, {os.cpu_count()} CPUs\n")
-        pure = pure_render_seconds(specs)
-        one = pipeline_seconds(home, keys, workers=1)
-        two = pipeline_seconds(home, keys, workers=2)
+        print(
+            f"# bench_pipeline: {len(specs)} specs at {args.size} px, {os.cpu_count()} CPUs, "
+            f"median of {args.rounds} interleaved rounds\n"
+        )
+        rounds: dict[str, list[float]] = {"pure": [], "one": [], "two": []}
+        for _ in range(args.rounds):  # interleaved, so a slow spell of the machine hits every measurement
+            rounds["pure"].append(pure_render_seconds(specs))
+            rounds["one"].append(pipeline_seconds(home, keys, workers=1))
+            rounds["two"].append(pipeline_seconds(home, keys, workers=2))
+        pure, one, two = (statistics.median(rounds[name]) for name in ("pure", "one", "two"))
+        stock = pipeline_seconds(stock_home, keys, workers=1)
         overhead = one - pure
         print("| measurement | seconds | per spec (ms) |")
         print("|---|---:|---:|")
         print(f"| pure render_png, one process (baseline) | {pure:.2f} | {pure / len(specs) * 1000:.1f} |")
         print(f"| fractal_images run, 1 worker | {one:.2f} | {one / len(specs) * 1000:.1f} |")
         print(f"| fractal_images run, 2 workers | {two:.2f} | {two / len(specs) * 1000:.1f} |")
+        print(
+            f"| (reference) 1 worker, Dagster's stock SQLite storage | {stock:.2f} | {stock / len(specs) * 1000:.1f} |"
+        )
         print(f"| pipeline overhead (1 worker - baseline) | {overhead:.2f} | {overhead / len(specs) * 1000:.2f} |")
         print()
         results.append(

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
+from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
 from pydantic import Field
 
 from fractal_pipeline.fractals import (
@@ -32,6 +33,8 @@ spec_partitions = dg.DynamicPartitionsDefinition(name=PARTITIONS_NAME)
 
 IMAGES_CHECK = "pngs_valid"
 PROGRESS_EVERY_S = 2.0
+#: A stored PNG's partition is recorded within this long (materializations are written in batches).
+MATERIALIZATION_WINDOW_S = 0.25
 
 
 class FractalSpecsConfig(dg.Config):
@@ -140,10 +143,57 @@ def _partition_metadata(result: RenderResult) -> dict[str, Any]:
     }
 
 
+class MaterializationBatcher:
+    """Records per-partition materializations in short batches: a few database transactions a second.
+
+    Each ``dg.AssetMaterialization`` becomes the event Dagster makes of a yielded
+    one (``DagsterEvent.asset_materialization``), marked as part of a batch. With
+    ``DAGSTER_EVENT_BATCH_SIZE`` set (``instance_storage`` sets it; so does
+    deploy/template.yaml for the Postgres instance), Dagster holds a batch's
+    events until its last one and hands them to the event log's
+    ``store_event_batch``: one transaction instead of one per partition. Without
+    it, each event is stored when made, as if yielded. A batch closes once its
+    oldest event is ``window_s`` old (checked on each :meth:`add` and on
+    :meth:`tick`, the render loop's idle heartbeat) or on :meth:`flush`: a
+    partition is recorded at most ~``window_s`` after its PNG is stored, and
+    never before.
+    """
+
+    def __init__(self, context: dg.AssetExecutionContext, window_s: float):
+        self._step = context.get_step_execution_context()
+        self._window_s = window_s
+        self._pending: list[dg.AssetMaterialization] = []
+        self._opened = 0.0
+
+    def add(self, materialization: dg.AssetMaterialization) -> list[DagsterEvent]:
+        """Buffer one; returns the recorded events if that closed the batch (to yield from the step)."""
+        if not self._pending:
+            self._opened = time.monotonic()
+        self._pending.append(materialization)
+        return self.tick()
+
+    def tick(self) -> list[DagsterEvent]:
+        """Close the batch if its oldest event is ``window_s`` old."""
+        if self._pending and time.monotonic() - self._opened >= self._window_s:
+            return self.flush()
+        return []
+
+    def flush(self) -> list[DagsterEvent]:
+        """Record everything buffered, now."""
+        pending, self._pending = self._pending, []
+        batch_id = generate_event_batch_id()
+        return [
+            DagsterEvent.asset_materialization(
+                self._step, materialization, DagsterEventBatchMetadata(batch_id, index == len(pending) - 1)
+            )
+            for index, materialization in enumerate(pending)
+        ]
+
+
 def _materialized_in_run(context: dg.AssetExecutionContext) -> set[str]:
     """Partitions of this asset that this run already materialised (before a step retry)."""
     records = context.instance.get_records_for_run(
-        context.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, limit=1_000_000
+        context.run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, limit=1_000_000
     ).records
     return {
         record.event_log_entry.dagster_event.partition
@@ -190,7 +240,7 @@ def fractal_images(
     config: RenderConfig,
     store: FractalStoreResource,
     renderer: RenderBackendResource,
-) -> Iterator[dg.AssetMaterialization | dg.AssetCheckResult]:
+) -> Iterator[DagsterEvent | dg.AssetCheckResult]:
     keys = list(context.partition_keys)
     try:
         for key in keys:
@@ -212,20 +262,46 @@ def fractal_images(
     last_report = started
     done: list[RenderResult] = []
     failed: list[RenderFailure] = []
-    for outcome in renderer.render(context, keys, store.store_config(), config.workers):
-        if isinstance(outcome, RenderFailure):
-            failed.append(outcome)
-            context.log.error(f"{outcome.key}: {outcome.error}")
-            continue
-        done.append(outcome)
-        yield dg.AssetMaterialization(
-            asset_key=context.asset_key, partition=outcome.key, metadata=_partition_metadata(outcome)
+    batcher = MaterializationBatcher(context, window_s=MATERIALIZATION_WINDOW_S)
+    try:
+        outcomes = renderer.render(
+            context, keys, store.store_config(), config.workers, heartbeat_s=MATERIALIZATION_WINDOW_S
         )
-        now = time.monotonic()
-        if now - last_report >= PROGRESS_EVERY_S:
-            last_report = now
-            rate = len(done) / (now - started)
-            context.log.info(f"{len(done) + len(failed)}/{len(keys)} done ({rate:.1f}/s), {len(failed)} failed")
+        for outcome in outcomes:
+            if outcome is None:  # idle: record what waits
+                yield from batcher.tick()
+                continue
+            if isinstance(outcome, RenderFailure):
+                failed.append(outcome)
+                context.log.error(f"{outcome.key}: {outcome.error}")
+                continue
+            done.append(outcome)
+            yield from batcher.add(
+                dg.AssetMaterialization(
+                    asset_key=context.asset_key, partition=outcome.key, metadata=_partition_metadata(outcome)
+                )
+            )
+            now = time.monotonic()
+            if now - last_report >= PROGRESS_EVERY_S:
+                last_report = now
+                rate = len(done) / (now - started)
+                context.log.info(f"{len(done) + len(failed)}/{len(keys)} done ({rate:.1f}/s), {len(failed)} failed")
+        yield from batcher.flush()
+    except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
+        batcher.flush()  # the PNGs stored so far are recorded (not yielded: the step is stopping)
+        # Dagster turns an interrupt inside the step into a retry when the step has a RetryPolicy,
+        # so a run terminated from the UI or `fractal-pipeline cancel` would start rendering again.
+        # The workers are already stopped (render_many); a requested termination ends the step.
+        run = context.instance.get_run_by_id(context.run.run_id)
+        if run is None or run.status not in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED):
+            raise
+        raise dg.Failure(
+            description=f"run canceled: {len(done)} of {len(keys)} partitions were stored before it stopped",
+            allow_retries=False,
+        ) from exc
+    except BaseException:
+        batcher.flush()
+        raise
     elapsed = time.monotonic() - started
     render_s = sum(r.render_ms + r.encode_ms for r in done) / 1000
     summary = (

@@ -43,6 +43,8 @@ def _consoles() -> None:
 
 
 DEFAULT_DAGSTER_HOME = Path.home() / ".fractal_pipeline" / "dagster_home"
+#: What earlier versions wrote into a new DAGSTER_HOME (upgraded to :func:`instance_yaml` on use).
+LEGACY_DAGSTER_YAML = "# Embedded defaults: SQLite storage in this folder.\n"
 
 
 def ensure_dagster_home() -> Path:
@@ -50,8 +52,10 @@ def ensure_dagster_home() -> Path:
     home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("# Embedded defaults: SQLite storage in this folder.\n")
+    if not config.exists() or config.read_text() == LEGACY_DAGSTER_YAML:
+        from fractal_pipeline.instance_storage import instance_yaml  # imports dagster: only when needed
+
+        config.write_text(instance_yaml(home))
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 

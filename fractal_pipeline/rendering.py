@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fractal_pipeline.fractals import FractalSpec, encode_png, render_indexed
+from fractal_pipeline.fractals import FractalSpec, encode_png, preview, render_indexed
 from fractal_pipeline.store import FractalStore, LocalStore, StoreConfig, image_key
 
 THUMBNAIL_PX = 128
@@ -125,12 +125,8 @@ def render_and_store(
     object_key = image_key(spec.key)
     location = store.put(object_key, data)
     stored = time.time()
-    thumb = image.convert("RGB")
-    factor = max(1, spec.size // THUMBNAIL_PX)
-    if factor > 1:
-        thumb = thumb.reduce(factor)
     out = io.BytesIO()
-    thumb.save(out, format="PNG", compress_level=6)
+    preview(image, THUMBNAIL_PX).save(out, format="PNG", compress_level=6)
     return RenderResult(
         key=spec.key,
         object_key=object_key,
@@ -235,7 +231,8 @@ def render_many(
     *,
     max_attempts: int = 2,
     should_stop: Callable[[], bool] | None = None,
-) -> Iterator[RenderResult | RenderFailure]:
+    heartbeat_s: float | None = None,
+) -> Iterator[RenderResult | RenderFailure | None]:
     """Render and store every key across ``workers`` processes, yielding each
     result as soon as it is stored (in completion order).
 
@@ -243,7 +240,9 @@ def render_many(
     ``max_attempts`` times; a spec that raises is reported as a
     :class:`RenderFailure` and does not stop the others. ``should_stop`` is
     polled between results: when it says so, pending work is cancelled and
-    the workers are shut down.
+    the workers are shut down. With ``heartbeat_s``, ``None`` is yielded
+    whenever that long passes without a result (so the consumer can flush
+    what it buffers); without it, only outcomes are yielded.
     """
     pending = list(dict.fromkeys(keys))
     workers = max(1, workers or default_workers())
@@ -266,7 +265,9 @@ def render_many(
                 futures: dict[Future[RenderResult], str] = {executor.submit(_work, key): key for key in pending}
             not_done = set(futures)
             while not_done:
-                done, not_done = wait(not_done, timeout=0.5, return_when=FIRST_COMPLETED)
+                done, not_done = wait(not_done, timeout=heartbeat_s or 0.5, return_when=FIRST_COMPLETED)
+                if not done and heartbeat_s is not None:
+                    yield None
                 for future in done:
                     key = futures[future]
                     try:

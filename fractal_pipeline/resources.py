@@ -77,8 +77,12 @@ class RenderBackendResource(dg.ConfigurableResource):
         keys: Sequence[str],
         store: StoreConfig,
         workers: int = 0,
-    ) -> Iterator[RenderResult | RenderFailure]:
-        """Render and store ``keys``, yielding each outcome as soon as it is stored."""
+        heartbeat_s: float | None = None,
+    ) -> Iterator[RenderResult | RenderFailure | None]:
+        """Render and store ``keys``, yielding each outcome as soon as it is stored.
+
+        With ``heartbeat_s``, also ``None`` whenever that long passes without an outcome.
+        """
         if self.backend == "lambda":
             from fractal_pipeline.aws.lambda_backend import lambda_bucket, render_with_lambda
 
@@ -97,10 +101,11 @@ class RenderBackendResource(dg.ConfigurableResource):
                 chunk_size=self.chunk_size,
                 concurrency=self.concurrency,
                 max_attempts=self.max_attempts,
+                heartbeat_s=heartbeat_s,
             )
             return
         if self.backend != "local":
             raise ValueError(f"renderer.backend: unknown backend {self.backend!r}; use 'local' or 'lambda'")
         count = workers or self.workers or default_workers()
         context.log.info(f"rendering {len(keys)} partitions with {min(count, len(keys))} local worker processes")
-        yield from render_many(keys, store, count)
+        yield from render_many(keys, store, count, heartbeat_s=heartbeat_s)

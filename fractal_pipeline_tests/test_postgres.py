@@ -57,6 +57,8 @@ def pg_env(postgres_database: str, monkeypatch: pytest.MonkeyPatch) -> dict[str,
         "DAGSTER_PG_DB": postgres_database,
         "DAGSTER_PG_USERNAME": PG["user"],
         "DAGSTER_PG_PASSWORD": "",  # trust auth
+        # As deploy/template.yaml sets it: materializations reach Postgres in batches.
+        "DAGSTER_EVENT_BATCH_SIZE": "1000",
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -196,8 +196,12 @@ def render_with_lambda(
     chunk_size: int = 8,
     concurrency: int = 16,
     max_attempts: int = 3,
-) -> Iterator[RenderResult | RenderFailure]:
-    """Render ``keys`` on Lambda into ``store`` (an S3 store), yielding each chunk's outcomes as it returns."""
+    heartbeat_s: float | None = None,
+) -> Iterator[RenderResult | RenderFailure | None]:
+    """Render ``keys`` on Lambda into ``store`` (an S3 store), yielding each chunk's outcomes as it returns.
+
+    With ``heartbeat_s``, ``None`` is yielded whenever that long passes without a chunk returning.
+    """
     bucket = lambda_bucket(store)
     chunks = chunked(keys, chunk_size)
     if not chunks:
@@ -215,7 +219,9 @@ def render_with_lambda(
                 executor.submit(invoke_chunk, context, client, s3, function_name, bucket, chunk, 1) for chunk in chunks
             }
             while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                done, pending = wait(pending, timeout=heartbeat_s, return_when=FIRST_COMPLETED)
+                if not done and heartbeat_s is not None:
+                    yield None
                 for future in done:
                     outcome = future.result()
                     yield from outcome.outcomes

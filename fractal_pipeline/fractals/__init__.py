@@ -13,7 +13,7 @@ this API::
 from .catalog import KINDS, SEGMENT_BUDGET, LSystem
 from .collage import make_collage, thumbnail, tile_size_for
 from .palette import DEFAULT_PALETTE, PALETTES
-from .render import encode_png, render, render_indexed, render_png, spec_of_png
+from .render import encode_png, preview, render, render_indexed, render_png, spec_of_png
 from .spec import (
     DEFAULT_SIZE,
     MAX_SIZE,
@@ -41,6 +41,7 @@ __all__ = [
     "check_budget",
     "encode_png",
     "make_collage",
+    "preview",
     "random_specs",
     "render",
     "render_indexed",

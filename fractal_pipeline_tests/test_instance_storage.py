@@ -1,0 +1,274 @@
+"""The embedded instance storage (instance_storage.py): pooled SQLite event log, batched writes.
+
+What must hold: it is Dagster's SQLite storage with the same files (an
+instance can switch to plain ``storage: sqlite`` and back and see the same
+history), batched writes leave exactly the rows one write per event would,
+live watching still sees new events, forked children don't share its
+connections, and the CLI writes it into a new DAGSTER_HOME.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
+from dagster._core.events.log import EventLogEntry
+from dagster._core.instance.ref import InstanceRef
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.test_utils import create_run_for_test
+
+from fractal_pipeline.assets import PARTITIONS_NAME
+from fractal_pipeline.cli import LEGACY_DAGSTER_YAML, ensure_dagster_home
+from fractal_pipeline.definitions import build_definitions
+from fractal_pipeline.instance_storage import (
+    MAX_OPEN_SHARDS,
+    PooledSqliteEventLogStorage,
+    PooledSqliteStorage,
+    instance_yaml,
+)
+
+from .conftest import materialize_images
+
+IMAGES = dg.AssetKey("fractal_images")
+QUIET_YAML = "telemetry:\n  enabled: false\n"
+
+
+def make_home(path: Path, pooled: bool = True) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "dagster.yaml").write_text((instance_yaml(path) if pooled else "") + QUIET_YAML)
+    return path
+
+
+def open_instance(home: Path) -> dg.DagsterInstance:
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+
+
+def materialization(run_id: str, partition: str, value: int, timestamp: float) -> EventLogEntry:
+    event = DagsterEvent(
+        event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
+        job_name="job",
+        event_specific_data=StepMaterializationData(
+            dg.AssetMaterialization(asset_key=IMAGES, partition=partition, metadata={"value": value})
+        ),
+    )
+    return EventLogEntry(
+        error_info=None,
+        level="INFO",
+        user_message="",
+        run_id=run_id,
+        timestamp=timestamp,
+        step_key="step",
+        job_name="job",
+        dagster_event=event,
+    )
+
+
+def event_rows(path: Path) -> list[tuple[str, str | None, str | None]]:
+    """(event type, asset key, partition) of every row of a SQLite event table, in insertion order."""
+    with sqlite3.connect(path) as connection:
+        rows = connection.execute(
+            "SELECT dagster_event_type, asset_key, partition FROM event_logs ORDER BY id"
+        ).fetchall()
+    connection.close()
+    return rows
+
+
+def test_new_home_uses_pooled_storage_and_plain_sqlite_reads_the_same_history(tmp_path: Path, local_env: Path) -> None:
+    home = make_home(tmp_path / "home")
+    defs = build_definitions("local")
+    keys = ["dragon_3-64px", "levy_c_3-64px", "koch_snowflake_2-64px"]
+    with open_instance(home) as instance:
+        assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
+        instance.add_dynamic_partitions(PARTITIONS_NAME, keys)
+        result = materialize_images(defs, instance, keys[0], keys[-1])
+        assert result.success
+        run_id = result.run_id
+    # Same folder, Dagster's stock storage: the same runs, events and partitions.
+    (home / "dagster.yaml").write_text(QUIET_YAML)
+    with open_instance(home) as instance:
+        assert type(instance.event_log_storage) is SqliteEventLogStorage
+        assert instance.get_run_by_id(run_id).is_success
+        assert instance.get_materialized_partitions(IMAGES) == set(keys)
+        assert instance.get_dynamic_partitions(PARTITIONS_NAME) == keys
+        more = materialize_images(defs, instance, keys[0], keys[0])
+        assert more.success
+    # And back.
+    make_home(home)
+    with open_instance(home) as instance:
+        assert len(instance.get_runs()) == 2
+        records = instance.fetch_materializations(IMAGES, limit=10).records
+        assert len(records) == 4
+        assert {record.partition_key for record in records} == set(keys)
+
+
+def test_batched_materializations_leave_the_rows_single_writes_leave(tmp_path: Path) -> None:
+    """store_event_batch vs one store_event per event, on two homes: same rows, same asset state."""
+    runs: dict[str, str] = {}
+    states = {}
+    for name, batched in (("single", False), ("batched", True)):
+        home = make_home(tmp_path / name)
+        with open_instance(home) as instance:
+            run = create_run_for_test(instance, job_name="job")
+            runs[name] = run.run_id
+            start = 1_700_000_000.0
+            entries = [materialization(run.run_id, f"p{i % 7}", i, start + i) for i in range(40)]
+            storage = instance.event_log_storage
+            assert isinstance(storage, PooledSqliteEventLogStorage)
+            if batched:
+                storage.store_event_batch(entries[:25])
+                storage.store_event_batch(entries[25:])
+            else:
+                for entry in entries:
+                    storage.store_event(entry)
+            asset_record = instance.get_asset_records([IMAGES])[0].asset_entry
+            last = asset_record.last_materialization_record
+            states[name] = {
+                "materialized": instance.get_materialized_partitions(IMAGES),
+                "count": len(instance.fetch_materializations(IMAGES, limit=100).records),
+                "last_value": last.asset_materialization.metadata["value"].value if last else None,
+                "last_run": asset_record.last_run_id,
+                "per_partition_last": {
+                    record.partition_key: record.asset_materialization.metadata["value"].value
+                    for record in instance.fetch_materializations(IMAGES, limit=100, ascending=True).records
+                },
+            }
+            rows_run = event_rows(home / "history" / "runs" / f"{run.run_id}.db")
+            rows_index = [row for row in event_rows(home / "history" / "runs" / "index.db") if row[1]]
+            states[name]["rows_run"] = [row for row in rows_run if row[0] == "ASSET_MATERIALIZATION"]
+            states[name]["rows_index"] = [row for row in rows_index if row[0] == "ASSET_MATERIALIZATION"]
+    single, batched = states["single"], states["batched"]
+    assert single.pop("last_run") == runs["single"] and batched.pop("last_run") == runs["batched"]
+    assert batched == single
+    assert single["count"] == 40 and single["last_value"] == 39
+    assert single["materialized"] == {f"p{i}" for i in range(7)}
+    assert single["per_partition_last"] == {f"p{i}": max(v for v in range(40) if v % 7 == i) for i in range(7)}
+
+
+def test_a_run_records_one_materialization_per_partition_with_its_own_metadata(tmp_path: Path, local_env: Path) -> None:
+    home = make_home(tmp_path / "home")
+    keys = [f"dragon_{depth}-64px" for depth in range(1, 13)]
+    with open_instance(home) as instance:
+        instance.add_dynamic_partitions(PARTITIONS_NAME, keys)
+        result = materialize_images(build_definitions("local"), instance, keys[0], keys[-1])
+        assert result.success
+        records = instance.get_records_for_run(
+            result.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION, limit=100
+        ).records
+        partitions = [record.event_log_entry.dagster_event.partition for record in records]
+        assert sorted(partitions) == sorted(keys)  # exactly one each
+        for record in records:
+            metadata = record.asset_materialization.metadata
+            key = record.event_log_entry.dagster_event.partition
+            assert Path(metadata["location"].value) == local_env / "fractals" / f"{key}.png"
+            assert metadata["bytes"].value == (local_env / "fractals" / f"{key}.png").stat().st_size
+            assert metadata["thumbnail"].value.startswith(f"![{key}](data:image/png;base64,")
+        # The planned events were batched too: one per partition, as with single writes.
+        planned = instance.get_records_for_run(
+            result.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED, limit=100
+        ).records
+        assert sorted(record.event_log_entry.dagster_event.partition for record in planned) == sorted(keys)
+        # New run databases start as a copy of the template; it is never taken for a run.
+        templates = list((home / "history" / "runs").glob(".run-shard-*.sqlite"))
+        assert len(templates) == 1
+        assert result.run_id in instance.event_log_storage.get_all_run_ids()
+        assert all(not run_id.startswith(".") for run_id in instance.event_log_storage.get_all_run_ids())
+
+
+def test_live_watch_sees_events_written_through_pooled_connections(tmp_path: Path) -> None:
+    """The UI's run page watches the run's database file; pooled writers only touch its -wal."""
+    home = make_home(tmp_path / "home")
+    with open_instance(home) as reader, open_instance(home) as writer:
+        run = create_run_for_test(writer, job_name="job")
+        writer.event_log_storage.store_event(materialization(run.run_id, "p0", 0, time.time()))  # db exists
+        seen: list[str] = []
+        arrived = threading.Event()
+
+        def callback(entry: EventLogEntry, cursor: str) -> None:
+            seen.append(entry.dagster_event.partition)
+            if len(seen) >= 3:
+                arrived.set()
+
+        reader.watch_event_logs(run.run_id, None, callback)
+        try:
+            for i in range(1, 4):
+                writer.event_log_storage.store_event(materialization(run.run_id, f"p{i}", i, time.time()))
+                time.sleep(0.05)
+            assert arrived.wait(10), f"watch saw only {seen}"
+        finally:
+            reader.end_watch_event_logs(run.run_id, callback)
+        assert seen[-3:] == ["p1", "p2", "p3"] or {"p1", "p2", "p3"} <= set(seen)
+
+
+def test_forked_child_opens_its_own_connections(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home")
+    with open_instance(home) as instance:
+        run = create_run_for_test(instance, job_name="job")
+        storage = instance.event_log_storage
+        storage.store_event(materialization(run.run_id, "parent-0", 0, time.time()))
+        pid = os.fork()
+        if pid == 0:  # the child: write through the inherited storage object, then leave at once
+            code = 0
+            try:
+                storage.store_event(materialization(run.run_id, "child", 1, time.time()))
+            except BaseException:
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        storage.store_event(materialization(run.run_id, "parent-1", 2, time.time()))
+        partitions = [
+            record.event_log_entry.dagster_event.partition
+            for record in instance.get_records_for_run(
+                run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION, limit=10
+            ).records
+        ]
+        assert partitions == ["parent-0", "child", "parent-1"]
+
+
+def test_open_databases_are_capped(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "home")
+    with open_instance(home) as instance:
+        storage = instance.event_log_storage
+        assert isinstance(storage, PooledSqliteEventLogStorage)
+        run_ids = []
+        for i in range(MAX_OPEN_SHARDS + 5):
+            run = create_run_for_test(instance, job_name="job")
+            run_ids.append(run.run_id)
+            storage.store_event(materialization(run.run_id, f"p{i}", i, time.time()))
+        assert len(storage._engines) <= MAX_OPEN_SHARDS  # the cap is the point
+        # Every run's events are still readable (closed engines are reopened on demand).
+        for i, run_id in enumerate(run_ids):
+            records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
+            assert [record.event_log_entry.dagster_event.partition for record in records] == [f"p{i}"]
+
+
+def test_cli_writes_the_pooled_storage_into_a_new_home_and_upgrades_the_old_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fresh = tmp_path / "fresh"
+    monkeypatch.setenv("DAGSTER_HOME", str(fresh))
+    assert ensure_dagster_home() == fresh.resolve()
+    assert "PooledSqliteStorage" in (fresh / "dagster.yaml").read_text()
+    with open_instance(fresh) as instance:
+        assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
+        assert instance.get_ref().storage_data.class_name == PooledSqliteStorage.__name__
+
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "dagster.yaml").write_text(LEGACY_DAGSTER_YAML)
+    monkeypatch.setenv("DAGSTER_HOME", str(old))
+    ensure_dagster_home()
+    assert "PooledSqliteStorage" in (old / "dagster.yaml").read_text()
+
+    custom = tmp_path / "custom"
+    custom.mkdir()
+    (custom / "dagster.yaml").write_text("storage:\n  sqlite:\n    base_dir: /somewhere\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(custom))
+    ensure_dagster_home()
+    assert (custom / "dagster.yaml").read_text() == "storage:\n  sqlite:\n    base_dir: /somewhere\n"
