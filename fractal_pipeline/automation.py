@@ -32,6 +32,18 @@ It advances only past files fully handled in that tick; a tick that fails
 (bucket missing, S3 down) raises and leaves it where it was. Run keys are
 ``<file key>@<ETag>``: the daemon never launches the same key twice, so a
 re-uploaded identical file is not re-run and an edited one is.
+
+Queue mode (``FRACTALS_SPECS_QUEUE``, :mod:`fractal_pipeline.spec_queue`):
+listing 10,000 keys takes seconds whatever is new, so the bucket's
+``s3:ObjectCreated:*`` notifications go to an SQS queue and a tick handles the
+files they announce, through the same per-file handling (:class:`_Tick`).
+Their messages are deleted at the end of the tick; a file already in ``seen``
+with the same ETag (a duplicate delivery) is skipped. Queue ticks add their
+files to ``seen`` but never move the watermark: every
+``FRACTALS_SPECS_RECONCILE_S`` seconds (``reconciled_at`` in the cursor) the
+tick also runs the listing from the watermark, which handles whatever no
+notification announced (a lost message, a tick result lost after its
+messages were deleted, files uploaded before the queue existed) exactly once.
 """
 
 import json
@@ -39,7 +51,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -47,13 +59,13 @@ from typing import Any
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster._utils.schedules import is_valid_cron_string
-from dagster_aws.s3.sensor import get_objects
 
 from fractal_pipeline.assets import PARTITIONS_NAME, fractal_collage, fractal_images, fractal_specs, spec_partitions
 from fractal_pipeline.partitions import batch_ranges
 from fractal_pipeline.resources import FractalStoreResource
+from fractal_pipeline.spec_queue import QUEUE_ENV, QueueMessage, SpecQueue, validate_queue
 from fractal_pipeline.specfiles import SpecFile, file_format, oversize_error, parse_spec_file
-from fractal_pipeline.store import S3Store, StoreError, aws_error_code
+from fractal_pipeline.store import S3Store, StoreError, aws_error_code, sqs_client
 
 SENSOR_NAME = "fractal_spec_files"
 SCHEDULE_NAME = "random_fractals_schedule"
@@ -74,6 +86,8 @@ SETTLE_SECONDS = 120
 MAX_FILES_PER_TICK = 100
 TICK_BUDGET_S = 20.0
 MAX_RUNS_PER_FILE = 4
+#: Queue mode: how often the prefix is still listed, to catch notifications that never came.
+DEFAULT_RECONCILE_S = 900
 
 # Runs are attributed by Dagster's own dagster/sensor_name and dagster/schedule_name tags
 # ("sensor fractal_spec_files" in `fractal-pipeline runs`); these say which file or run.
@@ -115,13 +129,16 @@ def _etag(obj: Mapping[str, Any]) -> str:
 class SpecFilesCursor:
     """Where the sensor is: a LastModified watermark and the files handled at or after it.
 
-    Serialised as JSON ``{"last_modified": <ISO watermark>, "seen": {key: [etag, epoch]}}``.
+    Serialised as JSON ``{"last_modified": <ISO watermark>, "seen": {key: [etag, epoch]}}``,
+    plus ``"reconciled_at": <epoch>`` in queue mode (when the listing last ran to
+    the end; absent in listing mode and in cursors written before queue mode).
     A listed object is new when its LastModified is at or after the watermark
     and its key is not in ``seen`` with the same ETag.
     """
 
     last_modified: datetime | None = None
     seen: dict[str, tuple[str, float]] = field(default_factory=dict)
+    reconciled_at: float | None = None
 
     @classmethod
     def parse(cls, raw: str | None) -> "SpecFilesCursor":
@@ -131,21 +148,22 @@ class SpecFilesCursor:
             data = json.loads(raw)
             watermark = datetime.fromisoformat(data["last_modified"]) if data.get("last_modified") else None
             seen = {str(k): (str(v[0]), float(v[1])) for k, v in data.get("seen", {}).items()}
+            reconciled_at = float(data["reconciled_at"]) if data.get("reconciled_at") is not None else None
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             raise ValueError(
                 f"cursor: {raw[:80]!r} is not a {SENSOR_NAME} cursor ({exc}); "
                 "reset it in the UI (sensor page, 'Set cursor value') to start over"
             ) from None
-        return cls(watermark, seen)
+        return cls(watermark, seen, reconciled_at)
 
     def dump(self) -> str:
-        return json.dumps(
-            {
-                "last_modified": self.last_modified.isoformat() if self.last_modified else None,
-                "seen": {k: [etag, lm] for k, (etag, lm) in sorted(self.seen.items())},
-            },
-            separators=(",", ":"),
-        )
+        data: dict[str, Any] = {
+            "last_modified": self.last_modified.isoformat() if self.last_modified else None,
+            "seen": {k: [etag, lm] for k, (etag, lm) in sorted(self.seen.items())},
+        }
+        if self.reconciled_at is not None:
+            data["reconciled_at"] = self.reconciled_at
+        return json.dumps(data, separators=(",", ":"))
 
     def since(self) -> datetime | None:
         """What to pass to ``get_objects(since_last_modified=...)`` (it is exclusive)."""
@@ -179,7 +197,22 @@ class SpecFilesCursor:
         for obj in handled:
             seen[obj["Key"]] = (_etag(obj), _utc(obj["LastModified"]).timestamp())
         floor = watermark.timestamp()
-        return SpecFilesCursor(watermark, {k: v for k, v in seen.items() if v[1] >= floor})
+        return SpecFilesCursor(watermark, {k: v for k, v in seen.items() if v[1] >= floor}, self.reconciled_at)
+
+    def remembered(self, handled: Sequence[Mapping[str, Any]]) -> "SpecFilesCursor":
+        """The cursor after ``handled`` (objects announced by the queue) were fully handled.
+
+        The watermark does not move: only a listing that ran to the end may
+        move it past files whose notification never came. Each file stays in
+        ``seen`` until a later listing's watermark passes its event time, so a
+        repeated notification, or that listing, does not handle it again.
+        """
+        if not handled:
+            return self
+        seen = dict(self.seen)
+        for obj in handled:
+            seen[obj["Key"]] = (_etag(obj), _utc(obj["LastModified"]).timestamp())
+        return replace(self, seen=seen)
 
 
 # --------------------------------------------------------------------------- run requests
@@ -311,81 +344,196 @@ def _report(
     )
 
 
+class _Tick:
+    """One evaluation of ``fractal_spec_files``: the handling of a file, shared by the listing and
+    the queue, and the tick's limits (:data:`MAX_FILES_PER_TICK` files, :data:`TICK_BUDGET_S`)."""
+
+    def __init__(
+        self,
+        context: dg.SensorEvaluationContext,
+        s3: S3Store,
+        prefix: str,
+        cursor: SpecFilesCursor,
+        max_files: int,
+        budget_s: float,
+    ) -> None:
+        self.context = context
+        self.client = s3.client
+        self.bucket = s3.bucket
+        self.prefix = prefix
+        self.cursor = cursor
+        self.max_files = max_files
+        self.budget_s = budget_s
+        self.started = time.monotonic()
+        self.plan: PartitionPlan | None = None
+        self.run_requests: list[dg.RunRequest] = []
+        self.handled: list[Mapping[str, Any]] = []
+        self.files = 0  # handled files that were read (not deleted meanwhile, not folders)
+        self._done: set[tuple[str, str]] = set()
+
+    def full(self) -> bool:
+        """No more files this tick (at least one is always handled, whatever the time)."""
+        return len(self.handled) >= self.max_files or (
+            bool(self.handled) and time.monotonic() - self.started > self.budget_s
+        )
+
+    def is_new(self, obj: Mapping[str, Any]) -> bool:
+        """Neither handled by an earlier tick (the cursor) nor by this one."""
+        return self.cursor.is_new(obj) and (obj["Key"], _etag(obj)) not in self._done
+
+    def handle(self, obj: Mapping[str, Any]) -> None:
+        """Read, parse and report one file, and request the renders of its new specs.
+
+        Raises :class:`StoreError` if S3 fails: the tick fails and the file is retried.
+        """
+        self._handle(obj)
+        self.handled.append(obj)
+        self._done.add((obj["Key"], _etag(obj)))
+
+    def _handle(self, obj: Mapping[str, Any]) -> None:
+        key = obj["Key"]
+        if key.endswith("/"):  # a "folder" placeholder object
+            return
+        try:
+            parsed = _parse_object(self.client, self.bucket, obj)
+            if parsed is None:  # deleted or replaced since the listing: a new version is listed anew
+                self.context.log.info(f"s3://{self.bucket}/{key} was deleted or replaced during the tick")
+                return
+            _report(self.context, self.client, self.bucket, self.prefix, obj, parsed)
+        except Exception as exc:
+            raise StoreError(
+                f"FRACTALS_BUCKET: cannot read or report s3://{self.bucket}/{key} ({type(exc).__name__}: {exc}); "
+                "the file is retried on the next tick"
+            ) from exc
+        self.files += 1
+        if parsed.specs:
+            self.plan = self.plan or PartitionPlan.load(self.context.instance)
+            self.plan.register(parsed.keys)
+            tags = {TAG_SPEC_FILE: key[:200], TAG_REJECTED: str(len(parsed.rejected))}
+            self.run_requests += self.plan.render_requests(parsed.keys, f"{key}@{_etag(obj)}", tags)
+
+    def list_and_handle(self, s3: S3Store) -> tuple[SpecFilesCursor, bool]:
+        """The listing path: new files under the prefix since the watermark. Returns the advanced
+        cursor and whether every listed file was handled (none left for the next tick)."""
+        server_now = _server_time(s3)  # before listing: anything not listed yet was stamped after it - SETTLE
+        try:
+            from dagster_aws.s3.sensor import get_objects  # ~1 s of import; only where a bucket is watched
+
+            listed = get_objects(self.bucket, self.prefix, since_last_modified=self.cursor.since(), client=self.client)
+        except Exception as exc:
+            raise StoreError(
+                f"FRACTALS_BUCKET: cannot list s3://{self.bucket}/{self.prefix} ({type(exc).__name__}: {exc}); "
+                "check the bucket, the endpoint and the credentials"
+            ) from exc
+        rejected_prefix = self.prefix + REJECTED_DIR
+        pending = [obj for obj in listed if not obj["Key"].startswith(rejected_prefix) and self.is_new(obj)]
+        handled: list[Mapping[str, Any]] = []
+        for obj in pending:
+            if self.full():
+                self.context.log.info(f"{len(pending) - len(handled)} more files wait for the next tick")
+                break
+            self.handle(obj)
+            handled.append(obj)
+        horizon = server_now - timedelta(seconds=SETTLE_SECONDS) if server_now else None
+        left = pending[len(handled) :]  # listed but left for the next tick
+        if horizon is not None and left:
+            horizon = min(horizon, min(_utc(obj["LastModified"]) for obj in left))
+        return self.cursor.advanced(handled, horizon), not left
+
+    def drain_queue(self, queue: SpecQueue) -> list[Mapping[str, Any]]:
+        """The queue path: the files announced by notifications, handled as listed ones; returns them.
+
+        Deletes the messages whose files were all handled (or handled before: a
+        duplicate delivery), that announce nothing here, or that are malformed;
+        a message with a file left for the next tick stays and comes back after
+        its visibility timeout.
+        """
+        room = self.max_files - len(self.handled)
+        if room <= 0 or self.full():
+            return []
+        warn = self.context.log.warning
+        messages = queue.receive(
+            self.bucket,
+            self.prefix,
+            max_files=room,
+            deadline=self.started + self.budget_s,
+            exclude=(self.prefix + REJECTED_DIR,),
+            warn=warn,
+        )
+        handled: list[Mapping[str, Any]] = []
+        finished: list[QueueMessage] = []
+        left = duplicates = 0
+        for message in messages:
+            complete = True
+            for obj in message.files:
+                if not self.is_new(obj):
+                    duplicates += 1
+                elif self.full():
+                    complete = False
+                    left += 1
+                else:
+                    self.handle(obj)
+                    handled.append(obj)
+            if complete:
+                finished.append(message)
+        deleted = queue.delete(finished, warn=warn) if finished else 0
+        if messages:
+            self.context.log.info(
+                f"{QUEUE_ENV}: {len(messages)} messages, {len(handled)} new files, {duplicates} already handled, "
+                f"{deleted} messages deleted" + (f"; {left} files wait for the next tick" if left else "")
+            )
+        return handled
+
+
 def evaluate_spec_files(
     context: dg.SensorEvaluationContext,
     store: FractalStoreResource,
     prefix: str = DEFAULT_PREFIX,
     max_files: int = MAX_FILES_PER_TICK,
     budget_s: float = TICK_BUDGET_S,
+    queue: str | None = None,
+    reconcile_s: float = DEFAULT_RECONCILE_S,
 ) -> dg.SensorResult | dg.SkipReason:
-    """One tick of ``fractal_spec_files`` (the sensor's body, callable from tests and benchmarks)."""
+    """One tick of ``fractal_spec_files`` (the sensor's body, callable from tests and benchmarks).
+
+    Without ``queue``, every tick lists the prefix. With ``queue`` (an SQS queue
+    URL, ARN or name receiving the bucket's event notifications), a tick
+    handles the files the messages announce, and also lists the prefix when the
+    last complete listing is ``reconcile_s`` seconds old (the first tick always).
+    """
     if not store.bucket:
         return dg.SkipReason(
             "FRACTALS_BUCKET is unset: this deployment stores images in a local folder, so there is "
             f"no s3://.../{prefix} to watch; set FRACTALS_BUCKET to watch spec files"
         )
-    started = time.monotonic()
     s3 = store.get_store()
     assert isinstance(s3, S3Store), "a store with a bucket is an S3Store"
-    client = s3.client
-    bucket = s3.bucket
-    server_now = _server_time(s3)  # before listing: anything not listed yet was stamped after it - SETTLE
     cursor = SpecFilesCursor.parse(context.cursor)
-    try:
-        listed = get_objects(bucket, prefix, since_last_modified=cursor.since(), client=client)
-    except Exception as exc:
-        raise StoreError(
-            f"FRACTALS_BUCKET: cannot list s3://{bucket}/{prefix} ({type(exc).__name__}: {exc}); "
-            "check the bucket, the endpoint and the credentials"
-        ) from exc
-    rejected_prefix = prefix + REJECTED_DIR
-    pending = [obj for obj in listed if not obj["Key"].startswith(rejected_prefix) and cursor.is_new(obj)]
+    tick = _Tick(context, s3, prefix, cursor, max_files, budget_s)
+    now = time.time()
+    reconcile = queue is None or cursor.reconciled_at is None or now - cursor.reconciled_at >= reconcile_s
+    new_cursor = cursor
+    if reconcile:
+        new_cursor, complete = tick.list_and_handle(s3)
+        if queue is not None and complete:
+            new_cursor = replace(new_cursor, reconciled_at=now)
+    if queue is not None:
+        client = sqs_client(s3.config.endpoint_url, s3.config.region_name)
+        new_cursor = new_cursor.remembered(tick.drain_queue(SpecQueue(client, queue, s3.config.endpoint_url)))
 
-    plan: PartitionPlan | None = None
-    handled: list[Mapping[str, Any]] = []
-    run_requests: list[dg.RunRequest] = []
-    files = 0
-    for obj in pending:
-        if len(handled) >= max_files or (handled and time.monotonic() - started > budget_s):  # >= 1 per tick
-            context.log.info(f"{len(pending) - len(handled)} more files wait for the next tick")
-            break
-        key = obj["Key"]
-        if key.endswith("/"):  # a "folder" placeholder object
-            handled.append(obj)
-            continue
-        try:
-            parsed = _parse_object(client, bucket, obj)
-            if parsed is None:  # deleted or replaced since the listing: a new version is listed anew
-                context.log.info(f"s3://{bucket}/{key} was deleted or replaced during the tick")
-                handled.append(obj)
-                continue
-            _report(context, client, bucket, prefix, obj, parsed)
-        except Exception as exc:
-            raise StoreError(
-                f"FRACTALS_BUCKET: cannot read or report s3://{bucket}/{key} ({type(exc).__name__}: {exc}); "
-                "the file is retried on the next tick"
-            ) from exc
-        files += 1
-        if parsed.specs:
-            plan = plan or PartitionPlan.load(context.instance)
-            plan.register(parsed.keys)
-            tags = {TAG_SPEC_FILE: key[:200], TAG_REJECTED: str(len(parsed.rejected))}
-            run_requests += plan.render_requests(parsed.keys, f"{key}@{_etag(obj)}", tags)
-        handled.append(obj)
-
-    horizon = server_now - timedelta(seconds=SETTLE_SECONDS) if server_now else None
-    left = pending[len(handled) :]  # listed but left for the next tick
-    if horizon is not None and left:
-        horizon = min(horizon, min(_utc(obj["LastModified"]) for obj in left))
-    new_cursor = cursor.advanced(handled, horizon)
+    plan = tick.plan
     partitions = [spec_partitions.build_add_request(plan.added)] if plan and plan.added else []
-    if run_requests:
+    if tick.run_requests:
         return dg.SensorResult(
-            run_requests=run_requests, dynamic_partitions_requests=partitions, cursor=new_cursor.dump()
+            run_requests=tick.run_requests, dynamic_partitions_requests=partitions, cursor=new_cursor.dump()
         )
     reason = (
-        f"{files} new spec files, nothing new to render" if files else f"no new spec files under s3://{bucket}/{prefix}"
+        f"{tick.files} new spec files, nothing new to render"
+        if tick.files
+        else f"no new spec files under s3://{s3.bucket}/{prefix}"
     )
+    if queue is not None:
+        reason += " (notifications" + (" and a reconciling listing)" if reconcile else ")")
     return dg.SensorResult(skip_reason=reason, dynamic_partitions_requests=partitions, cursor=new_cursor.dump())
 
 
@@ -393,8 +541,17 @@ def spec_files_sensor(
     prefix: str = DEFAULT_PREFIX,
     minimum_interval_seconds: int = DEFAULT_INTERVAL_S,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+    queue: str | None = None,
+    reconcile_s: int = DEFAULT_RECONCILE_S,
 ) -> dg.SensorDefinition:
-    """The ``fractal_spec_files`` sensor watching ``s3://$FRACTALS_BUCKET/<prefix>``."""
+    """The ``fractal_spec_files`` sensor watching ``s3://$FRACTALS_BUCKET/<prefix>``
+    (through the SQS ``queue`` of the bucket's notifications, if given)."""
+    how = (
+        f" Notified through the SQS queue {queue} ({QUEUE_ENV}); the prefix is listed every {reconcile_s} s "
+        "to catch missed notifications."
+        if queue
+        else ""
+    )
 
     @dg.sensor(
         name=SENSOR_NAME,
@@ -403,13 +560,13 @@ def spec_files_sensor(
         default_status=default_status,
         description=(
             f"New .csv/.json spec files under s3://$FRACTALS_BUCKET/{prefix} become fractal_specs partitions, "
-            f"rendered by one {RENDER_JOB_NAME} run per file; bad rows are reported in {prefix}{REJECTED_DIR}."
+            f"rendered by one {RENDER_JOB_NAME} run per file; bad rows are reported in {prefix}{REJECTED_DIR}.{how}"
         ),
     )
     def fractal_spec_files(
         context: dg.SensorEvaluationContext, store: FractalStoreResource
     ) -> dg.SensorResult | dg.SkipReason:
-        return evaluate_spec_files(context, store, prefix)
+        return evaluate_spec_files(context, store, prefix, queue=queue, reconcile_s=reconcile_s)
 
     return fractal_spec_files
 
@@ -506,6 +663,12 @@ def _env_int(name: str, default: int, low: int) -> int:
     return value
 
 
+def specs_queue_from_env() -> str | None:
+    """``FRACTALS_SPECS_QUEUE``: the SQS queue (URL, ARN or name) of the bucket's notifications, or None."""
+    value = (os.environ.get(QUEUE_ENV) or "").strip()
+    return validate_queue(value) if value else None
+
+
 def specs_prefix_from_env() -> str:
     """``FRACTALS_SPECS_PREFIX`` (default ``specs/``), always ending in ``/``."""
     prefix = os.environ.get("FRACTALS_SPECS_PREFIX", DEFAULT_PREFIX).strip().lstrip("/")
@@ -537,10 +700,12 @@ def automation_for(bucket_configured: bool) -> Automation:
             f"FRACTALS_SCHEDULE_CRON: {cron!r} is not a cron expression; e.g. {DEFAULT_CRON!r} (06:00 daily)"
         )
     status = dg.DefaultSensorStatus.RUNNING if bucket_configured else dg.DefaultSensorStatus.STOPPED
+    queue = specs_queue_from_env()
+    reconcile_s = _env_int("FRACTALS_SPECS_RECONCILE_S", DEFAULT_RECONCILE_S, 1)
     return Automation(
         jobs=[render_job, random_fractals_job],
         sensors=[
-            spec_files_sensor(specs_prefix_from_env(), interval, status),
+            spec_files_sensor(specs_prefix_from_env(), interval, status, queue, reconcile_s),
             render_after_schedule_sensor(interval),
             collage_freshness_sensor(interval),
         ],

@@ -232,7 +232,19 @@ def aws_error_message(exc: BaseException) -> str:
     return str(response.get("Error", {}).get("Message", exc))
 
 
-#: S3 error codes that mean the credentials themselves are wrong, with the setting to fix.
+#: AWS error codes (S3, SQS, STS-style) that mean the credentials themselves are wrong: the variable to fix.
+CREDENTIAL_VARIABLES = {
+    "InvalidAccessKeyId": "AWS_ACCESS_KEY_ID",
+    "InvalidClientTokenId": "AWS_ACCESS_KEY_ID",
+    "UnrecognizedClientException": "AWS_ACCESS_KEY_ID",
+    "SignatureDoesNotMatch": "AWS_SECRET_ACCESS_KEY",
+    "IncompleteSignature": "AWS_SECRET_ACCESS_KEY",
+    "ExpiredToken": "AWS_SESSION_TOKEN",
+    "ExpiredTokenException": "AWS_SESSION_TOKEN",
+    "InvalidToken": "AWS_SESSION_TOKEN",
+}
+
+#: The S3 ones, as one-line messages.
 CREDENTIAL_ERRORS = {
     "InvalidAccessKeyId": (
         "AWS_ACCESS_KEY_ID: S3{where} does not accept the access key id ({code}: deleted, deactivated "
@@ -253,13 +265,23 @@ CREDENTIAL_ERRORS = {
 }
 
 
-def s3_client(endpoint_url: str | None = None, region_name: str | None = None) -> Any:
-    """A boto3 S3 client with adaptive retries (outages are retried with backoff)."""
+def _aws_client(service: str, endpoint_url: str | None, region_name: str | None) -> Any:
+    """A boto3 client with adaptive retries (outages are retried with backoff)."""
     import boto3
     from botocore.config import Config
 
     config = Config(retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=5, read_timeout=30)
-    return boto3.client("s3", endpoint_url=endpoint_url, region_name=region_name or "us-east-1", config=config)
+    return boto3.client(service, endpoint_url=endpoint_url, region_name=region_name or "us-east-1", config=config)
+
+
+def s3_client(endpoint_url: str | None = None, region_name: str | None = None) -> Any:
+    """A boto3 S3 client with adaptive retries (outages are retried with backoff)."""
+    return _aws_client("s3", endpoint_url, region_name)
+
+
+def sqs_client(endpoint_url: str | None = None, region_name: str | None = None) -> Any:
+    """A boto3 SQS client for the store's endpoint and region (the spec-file notifications queue)."""
+    return _aws_client("sqs", endpoint_url, region_name)
 
 
 class S3Store(FractalStore):

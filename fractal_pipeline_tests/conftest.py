@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,6 +78,32 @@ def s3_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str
     monkeypatch.delenv("FRACTAL_DEPLOYMENT", raising=False)
     s3_client(moto_endpoint).create_bucket(Bucket=bucket)
     return env
+
+
+@pytest.fixture
+def moto_auth(moto_endpoint: str) -> Iterator[dict[str, str]]:
+    """Credentials of an IAM user allowed s3:* (nothing else); while the test runs, moto's server checks every
+    request's signature against its IAM users (its ``/moto-api/reset-auth`` switch) and rejects
+    unknown access keys and wrong secrets as AWS does."""
+    endpoint = moto_endpoint
+    iam = boto3.client(
+        "iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="t"
+    )
+    user = f"sensor-{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=user)
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+    iam.put_user_policy(UserName=user, PolicyName="fractals", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+
+    def requests_unchecked_before(count: str) -> None:
+        url, headers = f"{endpoint}/moto-api/reset-auth", {"Content-Type": "text/plain"}
+        urllib.request.urlopen(urllib.request.Request(url, data=count.encode(), headers=headers), timeout=10).close()
+
+    requests_unchecked_before("0")
+    try:
+        yield {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+    finally:
+        requests_unchecked_before("inf")  # the session's other tests use moto's default: no checks
 
 
 def moto_credentials(endpoint: str) -> dict[str, str]:

@@ -14,6 +14,7 @@ render function through boto3; the Lambda API is a local HTTP server
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import threading
@@ -101,6 +102,28 @@ def test_deploy_twice_then_destroy_twice(aws: dict[str, str]) -> None:
     assert {f"{stack}-{name}" for name in ("webserver", "daemon", "code-server", "run")} <= families
     groups = {g["logGroupName"] for g in boto3.client("logs").describe_log_groups()["logGroups"]}
     assert f"/aws/lambda/{stack}-render" in groups and f"/fractal-pipeline/{stack}/runs" in groups
+    # the spec-file notifications queue: the code server's FRACTALS_SPECS_QUEUE, readable by the Dagster role
+    queue_url = re.search(r"SpecsQueueUrl: (\S+)", first.output)
+    assert queue_url, first.output
+    sqs = boto3.client("sqs")
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url.group(1), AttributeNames=["All"])["Attributes"]
+    assert attributes["VisibilityTimeout"] == "120"
+    assert json.loads(attributes["RedrivePolicy"])["deadLetterTargetArn"].startswith("arn:aws:sqs:us-east-1:")
+    ecs = boto3.client("ecs")
+    for family in ("code-server", "daemon"):
+        task = ecs.describe_task_definition(taskDefinition=f"{stack}-{family}")["taskDefinition"]
+        environment = {e["name"]: e["value"] for e in task["containerDefinitions"][0]["environment"]}
+        assert environment["FRACTALS_SPECS_QUEUE"] == queue_url.group(1)
+    (dagster_role,) = [
+        r["RoleName"]
+        for r in boto3.client("iam").list_roles()["Roles"]
+        if r["RoleName"].startswith(f"{stack}-DagsterTaskRole")
+    ]
+    (policy,) = boto3.client("iam").list_role_policies(RoleName=dagster_role)["PolicyNames"]
+    document = boto3.client("iam").get_role_policy(RoleName=dagster_role, PolicyName=policy)["PolicyDocument"]
+    document = ast.literal_eval(document) if isinstance(document, str) else document  # moto keeps a repr
+    (statement,) = [s for s in document["Statement"] if s.get("Sid") == "ReadSpecFileNotifications"]
+    assert statement["Resource"] == attributes["QueueArn"]
 
     again = cli("deploy", "--stack", stack)  # no options: every parameter keeps its value
     assert again.exit_code == 0, again.output
@@ -119,6 +142,17 @@ def test_deploy_twice_then_destroy_twice(aws: dict[str, str]) -> None:
     assert f"stack {stack} does not exist: already gone" in twice.output
 
 
+def json_form(node: Any) -> Any:
+    """A loaded template as JSON CloudFormation takes it: ``!GetAtt A.B`` becomes ``{"Fn::GetAtt": ["A", "B"]}``."""
+    if isinstance(node, dict):
+        if set(node) == {"Fn::GetAtt"} and isinstance(node["Fn::GetAtt"], str):
+            return {"Fn::GetAtt": node["Fn::GetAtt"].split(".", 1)}
+        return {key: json_form(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [json_form(value) for value in node]
+    return node
+
+
 def test_update_with_a_subset_template(aws: dict[str, str], tmp_path: Path) -> None:
     real = load_template(TEMPLATE_PATH.read_text())
 
@@ -130,11 +164,12 @@ def test_update_with_a_subset_template(aws: dict[str, str], tmp_path: Path) -> N
             "Outputs": {"BucketName": real["Outputs"]["BucketName"]},
         }
         path = tmp_path / f"subset-{len(resources)}.json"
-        path.write_text(json.dumps(template))
+        path.write_text(json.dumps(json_form(template)))
         return path
 
     stack = _name("fractal-subset")
-    small, larger = subset("Bucket", "RenderLogGroup"), subset("Bucket", "RenderLogGroup", "RunLogGroup")
+    bucket = ("Bucket", "SpecsQueuePolicy", "SpecsQueue", "SpecsDeadLetterQueue")  # the bucket and what it needs
+    small, larger = subset(*bucket, "RenderLogGroup"), subset(*bucket, "RenderLogGroup", "RunLogGroup")
     # a named bucket: moto cannot update a bucket whose name CloudFormation generated
     assert cli("deploy", "--stack", stack, "--template", str(small), "--bucket", _name("fractal-subset")).exit_code == 0
     preview = cli("deploy", "--stack", stack, "--template", str(larger), "--dry-run")

@@ -72,6 +72,11 @@ def test_no_iam_statement_grants_everything() -> None:
         assert all(a != "*" and not a.endswith(":*") for a in actions), (role, actions)
         if "*" in _as_list(statement["Resource"]):
             assert set(actions) <= NO_RESOURCE_LEVEL, (role, actions)
+            # ...and even those only in the stack's own region.
+            assert statement.get("Condition") == {"StringEquals": {"aws:RequestedRegion": {"Ref": "AWS::Region"}}}, (
+                role,
+                actions,
+            )
     assert not any(
         r["Type"] == "AWS::IAM::Role" and r["Properties"].get("ManagedPolicyArns") for r in RESOURCES.values()
     )  # no AWS managed policies: everything granted is spelled out above

@@ -7,9 +7,7 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -359,32 +357,6 @@ def test_a_missing_bucket_fails_the_tick_clearly_and_keeps_the_cursor(
     with pytest.raises(StoreError, match="FRACTALS_BUCKET: bucket 'no-such-bucket-fractals' does not exist"):
         daemon.tick()
     assert daemon.cursor == kept
-
-
-@pytest.fixture
-def moto_auth(s3_env: dict[str, str]) -> Iterator[dict[str, str]]:
-    """Credentials of an IAM user allowed s3:*; while the test runs, moto's server checks every
-    request's signature against its IAM users (its ``/moto-api/reset-auth`` switch) and rejects
-    unknown access keys and wrong secrets as AWS does."""
-    endpoint = s3_env["AWS_ENDPOINT_URL"]
-    iam = boto3.client(
-        "iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="t"
-    )
-    user = f"sensor-{uuid.uuid4().hex[:8]}"
-    iam.create_user(UserName=user)
-    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
-    iam.put_user_policy(UserName=user, PolicyName="fractals", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName=user)["AccessKey"]
-
-    def requests_unchecked_before(count: str) -> None:
-        url, headers = f"{endpoint}/moto-api/reset-auth", {"Content-Type": "text/plain"}
-        urllib.request.urlopen(urllib.request.Request(url, data=count.encode(), headers=headers), timeout=10).close()
-
-    requests_unchecked_before("0")
-    try:
-        yield {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
-    finally:
-        requests_unchecked_before("inf")  # the session's other tests use moto's default: no checks
 
 
 @pytest.mark.reliability(
