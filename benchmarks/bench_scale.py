@@ -33,6 +33,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from fractal_pipeline.assets import PARTITIONS_NAME
 from fractal_pipeline.definitions import build_definitions
 from fractal_pipeline.fractals import FractalSpec, random_specs, render_png
+from fractal_pipeline.instance_storage import instance_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
@@ -145,8 +146,11 @@ def main() -> int:
     home = tmp / "home"
     home.mkdir()
     config = "telemetry:\n  enabled: false\n"
-    if args.postgres:
+    if args.postgres:  # as deploy/: stock Postgres storage, materializations written in batches
         config += f"storage:\n  postgres:\n    postgres_url: {args.postgres}\n"
+        os.environ["DAGSTER_EVENT_BATCH_SIZE"] = "1000"
+    else:  # as `fractal-pipeline run` sets up a new DAGSTER_HOME
+        config += instance_yaml(home)
     (home / "dagster.yaml").write_text(config)
     env = {**os.environ, "DAGSTER_HOME": str(home), "FRACTALS_DIR": str(tmp / "fractals")}
     env.pop("FRACTALS_BUCKET", None)

@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import dagster as dg
-from dagster_aws.s3 import S3PickleIOManager, S3Resource
 
 from fractal_pipeline.assets import fractal_collage, fractal_images, fractal_specs
 from fractal_pipeline.automation import automation_for
@@ -56,6 +55,9 @@ def resources_for(deployment: str) -> Mapping[str, Any]:
             "FRACTALS_LAMBDA_FUNCTION: the 'aws' deployment renders on Lambda; set it to the render "
             "function's name (`fractal-pipeline deploy` prints it)"
         )
+    # dagster_aws costs ~1 s of import: only deployments with a bucket load it (every run's process pays).
+    from dagster_aws.s3 import S3PickleIOManager, S3Resource
+
     endpoint = endpoint_from_env()
     region = os.environ.get("AWS_REGION")
     renderer = (

@@ -13,12 +13,13 @@ import io
 import multiprocessing
 import multiprocessing.util
 import os
+import queue
 import signal
 import sys
 import time
 import types
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -126,7 +127,7 @@ def render_and_store(
     location = store.put(object_key, data)
     stored = time.time()
     out = io.BytesIO()
-    preview(image, THUMBNAIL_PX).save(out, format="PNG", compress_level=6)
+    preview(image, THUMBNAIL_PX).save(out, format="PNG", compress_level=1)
     return RenderResult(
         key=spec.key,
         object_key=object_key,
@@ -263,23 +264,32 @@ def render_many(
         try:
             with _workers_skip_parent_main():  # workers start on submit
                 futures: dict[Future[RenderResult], str] = {executor.submit(_work, key): key for key in pending}
-            not_done = set(futures)
-            while not_done:
-                done, not_done = wait(not_done, timeout=heartbeat_s or 0.5, return_when=FIRST_COMPLETED)
-                if not done and heartbeat_s is not None:
-                    yield None
-                for future in done:
-                    key = futures[future]
+            # Completed futures arrive on a queue (one callback each): waiting on the set of pending
+            # futures instead costs O(pending) per result, quadratic for a batch of thousands.
+            finished: queue.SimpleQueue[Future[RenderResult]] = queue.SimpleQueue()
+            for future in futures:
+                future.add_done_callback(finished.put)
+            for _ in range(len(futures)):
+                while True:
                     try:
-                        yield future.result()
-                    except BrokenProcessPool:
-                        attempts[key] = attempts.get(key, 0) + 1
-                        if attempts[key] < max_attempts:
-                            retry.append(key)
-                        else:
-                            yield RenderFailure(key, "worker process died while rendering (killed or out of memory)")
-                    except Exception as exc:  # one bad spec must not stop the batch
-                        yield RenderFailure(key, f"{type(exc).__name__}: {exc}", transient=is_transient(exc))
+                        future = finished.get(timeout=heartbeat_s or 0.5)
+                        break
+                    except queue.Empty:
+                        if heartbeat_s is not None:
+                            yield None
+                        if should_stop is not None and should_stop():
+                            return
+                key = futures[future]
+                try:
+                    yield future.result()
+                except BrokenProcessPool:
+                    attempts[key] = attempts.get(key, 0) + 1
+                    if attempts[key] < max_attempts:
+                        retry.append(key)
+                    else:
+                        yield RenderFailure(key, "worker process died while rendering (killed or out of memory)")
+                except Exception as exc:  # one bad spec must not stop the batch
+                    yield RenderFailure(key, f"{type(exc).__name__}: {exc}", transient=is_transient(exc))
                 if should_stop is not None and should_stop():
                     return
         except BaseException:
