@@ -5,7 +5,7 @@
 
 1. Pure render time: render_png of the N specs in a fresh process importing only
    the core (as a render worker does), one after another.
-   Measurements 1 and 2 are interleaved over --rounds rounds (default 3) and the
+   Measurements 1 and 2 are interleaved over --rounds rounds (default 5) and the
    medians reported: this 2-core VM's speed drifts by 10-20 % from minute to minute.
 2. The same N specs as one batched `fractal_images` run on a temporary SQLite
    instance configured as `fractal-pipeline run` configures a new DAGSTER_HOME
@@ -105,7 +105,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=500, help="specs in the batched run (<= 500 distinct)")
     parser.add_argument("--collage", type=int, default=1000, help="images in the collage")
     parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians are reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians are reported)")
     parser.add_argument("--quick", action="store_true", help="N=60, collage of 200, 1 round")
     args = parser.parse_args()
     if args.quick:

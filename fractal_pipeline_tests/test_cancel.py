@@ -68,7 +68,11 @@ def test_interrupted_run_stops_workers_and_leaves_only_complete_pngs(tmp_path: P
         _, alive = psutil.wait_procs(workers, timeout=5)
         assert not alive, f"workers still running 5 s after the interrupt: {[p.pid for p in alive]}"
         worker_stop_s = time.monotonic() - interrupted
-        process.wait(60)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            left = [f"{p.pid} {p.status()} {' '.join(p.cmdline())[:120]}" for p in _group_processes(process.pid)]
+            raise AssertionError(f"the run's processes did not exit 60 s after Ctrl-C: {left}") from None
         time.sleep(0.5)
         assert not _group_processes(process.pid), "processes of the run outlived it"
     finally:

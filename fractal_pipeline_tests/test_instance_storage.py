@@ -272,3 +272,42 @@ def test_cli_writes_the_pooled_storage_into_a_new_home_and_upgrades_the_old_defa
     monkeypatch.setenv("DAGSTER_HOME", str(custom))
     ensure_dagster_home()
     assert (custom / "dagster.yaml").read_text() == "storage:\n  sqlite:\n    base_dir: /somewhere\n"
+
+
+@pytest.mark.reliability(
+    "load",
+    "10,000 registered partitions, one batched run of 1,000 (the CLI's instance): every partition "
+    "materialised exactly once with its file; listing, health query and collage see all of them",
+)
+def test_ten_thousand_partitions_and_a_thousand_partition_run(tmp_path: Path, local_env: Path) -> None:
+    from fractal_pipeline.fractals import random_specs
+
+    from .conftest import materialize_collage
+
+    keys: list[str] = []
+    size = 16
+    while len(keys) < 10_000:  # 500 distinct specs per size: 16 px, 17 px, ...
+        keys += [spec.key for spec in random_specs(min(500, 10_000 - len(keys)), seed=size, palette=None, size=size)]
+        size += 1
+    assert len(set(keys)) == 10_000
+    home = make_home(tmp_path / "home")
+    defs = build_definitions("local")
+    rendered = keys[:1000]
+    with open_instance(home) as instance:
+        instance.add_dynamic_partitions(PARTITIONS_NAME, keys)
+        result = materialize_images(defs, instance, rendered[0], rendered[-1])
+        assert result.success
+        events = instance.get_records_for_run(
+            result.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION, limit=5000
+        ).records
+        partitions = [record.event_log_entry.dagster_event.partition for record in events]
+        assert sorted(partitions) == sorted(rendered)  # exactly once each
+        assert instance.get_dynamic_partitions(PARTITIONS_NAME) == keys
+        assert instance.get_materialized_partitions(IMAGES) == set(rendered)
+        stored = {path.name for path in (local_env / "fractals").glob("*.png")}
+        assert stored == {f"{key}.png" for key in rendered}
+        collage = materialize_collage(defs, instance)
+        assert collage.success
+        metadata = collage.asset_materializations_for_node("fractal_collage")[0].metadata
+        assert metadata["tiles"].value == 1000
+        assert metadata["missing"].value == 9000

@@ -183,6 +183,7 @@ def test_a_queue_tick_does_not_list_the_prefix(queue_env: dict[str, str], instan
     assert [k.split("@")[0] for k in keys_of(daemon.tick(reconcile_s=DUE))] == ["specs/unannounced.csv"]
 
 
+@pytest.mark.reliability("notification fault", "the same S3 notification delivered twice (queue mode): one run")
 def test_duplicate_delivery_gives_one_run(queue_env: dict[str, str], instance: dg.DagsterInstance) -> None:
     daemon = primed(instance, queue_env)
     etag = put(queue_env, "specs/twice.csv", CSV)
@@ -220,6 +221,10 @@ def test_re_evaluating_a_tick_from_its_old_cursor_gives_the_same_run_keys(
     assert list(daemon.launched) == first  # the daemon launched it once
 
 
+@pytest.mark.reliability(
+    "notification fault",
+    "a notification lost or deleted before its file was handled: the reconciling listing picks the file up, once",
+)
 def test_a_file_whose_message_was_lost_is_picked_up_by_the_reconciliation_once(
     queue_env: dict[str, str], instance: dg.DagsterInstance
 ) -> None:
@@ -321,6 +326,9 @@ def test_a_replaced_file_renders_its_new_version_once(queue_env: dict[str, str],
 
 
 @pytest.mark.parametrize("queue", ["no-such-queue", "http://127.0.0.1:1/123456789012/unused"])
+@pytest.mark.reliability(
+    "notification fault", "the queue missing between ticks: the tick fails in one line, the cursor does not move"
+)
 def test_a_bad_queue_fails_the_tick_in_one_line_and_keeps_the_cursor(
     queue_env: dict[str, str], instance: dg.DagsterInstance, queue: str, moto_endpoint: str
 ) -> None:
@@ -338,6 +346,10 @@ def test_a_bad_queue_fails_the_tick_in_one_line_and_keeps_the_cursor(
     assert [k.split("@")[0] for k in keys_of(daemon.tick())] == ["specs/waiting.csv"]  # fixed: handled
 
 
+@pytest.mark.reliability(
+    "notification fault",
+    "queue access denied or credentials wrong: the tick fails in one line naming the variable to fix",
+)
 def test_queue_access_denied_and_wrong_credentials_fail_in_one_line(
     queue_env: dict[str, str],
     instance: dg.DagsterInstance,
