@@ -69,6 +69,14 @@ def materialization(run_id: str, partition: str, value: int, timestamp: float) -
     )
 
 
+def run_partitions(
+    instance: dg.DagsterInstance, run_id: str, of_type: DagsterEventType = DagsterEventType.ASSET_MATERIALIZATION
+) -> list[str]:
+    """The partition of every event of ``of_type`` in the run, in order (one entry per event)."""
+    records = instance.get_records_for_run(run_id, of_type=of_type, limit=100_000).records
+    return [record.event_log_entry.dagster_event.partition for record in records]
+
+
 def event_rows(path: Path) -> list[tuple[str, str | None, str | None]]:
     """(event type, asset key, partition) of every row of a SQLite event table, in insertion order."""
     with sqlite3.connect(path) as connection:
@@ -157,11 +165,8 @@ def test_a_run_records_one_materialization_per_partition_with_its_own_metadata(t
         instance.add_dynamic_partitions(PARTITIONS_NAME, keys)
         result = materialize_images(build_definitions("local"), instance, keys[0], keys[-1])
         assert result.success
-        records = instance.get_records_for_run(
-            result.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION, limit=100
-        ).records
-        partitions = [record.event_log_entry.dagster_event.partition for record in records]
-        assert sorted(partitions) == sorted(keys)  # exactly one each
+        assert sorted(run_partitions(instance, result.run_id)) == sorted(keys)  # exactly one each
+        records = instance.get_records_for_run(result.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
         for record in records:
             metadata = record.asset_materialization.metadata
             key = record.event_log_entry.dagster_event.partition
@@ -169,10 +174,8 @@ def test_a_run_records_one_materialization_per_partition_with_its_own_metadata(t
             assert metadata["bytes"].value == (local_env / "fractals" / f"{key}.png").stat().st_size
             assert metadata["thumbnail"].value.startswith(f"![{key}](data:image/png;base64,")
         # The planned events were batched too: one per partition, as with single writes.
-        planned = instance.get_records_for_run(
-            result.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED, limit=100
-        ).records
-        assert sorted(record.event_log_entry.dagster_event.partition for record in planned) == sorted(keys)
+        planned = run_partitions(instance, result.run_id, DagsterEventType.ASSET_MATERIALIZATION_PLANNED)
+        assert sorted(planned) == sorted(keys)
         # New run databases start as a copy of the template; it is never taken for a run.
         templates = list((home / "history" / "runs").glob(".run-shard-*.sqlite"))
         assert len(templates) == 1
@@ -297,11 +300,7 @@ def test_ten_thousand_partitions_and_a_thousand_partition_run(tmp_path: Path, lo
         instance.add_dynamic_partitions(PARTITIONS_NAME, keys)
         result = materialize_images(defs, instance, rendered[0], rendered[-1])
         assert result.success
-        events = instance.get_records_for_run(
-            result.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION, limit=5000
-        ).records
-        partitions = [record.event_log_entry.dagster_event.partition for record in events]
-        assert sorted(partitions) == sorted(rendered)  # exactly once each
+        assert sorted(run_partitions(instance, result.run_id)) == sorted(rendered)  # exactly once each
         assert instance.get_dynamic_partitions(PARTITIONS_NAME) == keys
         assert instance.get_materialized_partitions(IMAGES) == set(rendered)
         stored = {path.name for path in (local_env / "fractals").glob("*.png")}
