@@ -18,6 +18,7 @@ from rich.text import Text
 
 from fractal_pipeline.aws.commands import register as register_aws_commands
 from fractal_pipeline.aws.commands import use_backend
+from fractal_pipeline.console import fail
 from fractal_pipeline.fractals import KINDS, PALETTES, FractalSpec, InvalidSpec, render_png
 from fractal_pipeline.observability import SOURCE_TAG
 from fractal_pipeline.partitions import contiguous_blocks, range_size
@@ -58,11 +59,6 @@ def ensure_dagster_home() -> Path:
         config.write_text(instance_yaml(home))
     os.environ["DAGSTER_HOME"] = str(home)
     return home
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 def run_failure_message(result: Any) -> str:

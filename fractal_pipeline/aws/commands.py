@@ -24,6 +24,7 @@ from fractal_pipeline.aws.deploy import (
     destroy,
     stack_outputs,
 )
+from fractal_pipeline.console import fail
 from fractal_pipeline.store import aws_error_code, aws_error_message
 
 console = Console()
@@ -42,11 +43,6 @@ RegionOption = Annotated[str | None, typer.Option("--region", help="AWS region (
 
 def stack_name(stack: str | None = None) -> str:
     return stack or os.environ.get("FRACTALS_STACK") or DEFAULT_STACK
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 def _aws_error(exc: Exception) -> str:
@@ -108,7 +104,7 @@ def deploy_command(
     try:
         body = template.read_text()
     except OSError as exc:
-        raise _fail(f"--template: cannot read {template}: {exc.strerror}", 2) from None
+        raise fail(f"--template: cannot read {template}: {exc.strerror}", 2) from None
     try:
         parameters = _parameters(bucket, app_image_tag, render_image_tag, ui_cidr, vpc, subnets, param or [])
 
@@ -127,9 +123,9 @@ def deploy_command(
             create_parameters=network,
         )
     except DeployError as exc:
-        raise _fail(str(exc), 2 if str(exc).startswith("--") else 1) from None
+        raise fail(str(exc), 2 if str(exc).startswith("--") else 1) from None
     except (ClientError, BotoCoreError) as exc:
-        raise _fail(f"stack {name}: {_aws_error(exc)}") from None
+        raise fail(f"stack {name}: {_aws_error(exc)}") from None
     for key, value in sorted(result.outputs.items()):
         console.print(f"{key}: {value}", highlight=False, soft_wrap=True)
     if result.outputs:
@@ -146,9 +142,9 @@ def destroy_command(stack: StackOption = None, region: RegionOption = None) -> N
     try:
         destroy(name, cfn=client("cloudformation", region), echo=_echo)
     except DeployError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except (ClientError, BotoCoreError) as exc:
-        raise _fail(f"stack {name}: {_aws_error(exc)}") from None
+        raise fail(f"stack {name}: {_aws_error(exc)}") from None
 
 
 def register(app: typer.Typer) -> None:
