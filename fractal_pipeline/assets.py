@@ -263,6 +263,7 @@ def fractal_images(
     done: list[RenderResult] = []
     failed: list[RenderFailure] = []
     batcher = MaterializationBatcher(context, window_s=MATERIALIZATION_WINDOW_S)
+    asset_key = context.asset_key  # not free: Dagster recomputes it on every access
     try:
         outcomes = renderer.render(
             context, keys, store.store_config(), config.workers, heartbeat_s=MATERIALIZATION_WINDOW_S
@@ -278,7 +279,7 @@ def fractal_images(
             done.append(outcome)
             yield from batcher.add(
                 dg.AssetMaterialization(
-                    asset_key=context.asset_key, partition=outcome.key, metadata=_partition_metadata(outcome)
+                    asset_key=asset_key, partition=outcome.key, metadata=_partition_metadata(outcome)
                 )
             )
             now = time.monotonic()
