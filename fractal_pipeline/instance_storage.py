@@ -188,21 +188,17 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         (see :data:`EVENT_BATCH_SIZE`).
         """
         # Other events (a run's asset-check "planned" event comes in the same batch) one by one, in order.
-        run: list[EventLogEntry] = []
+        assets: list[EventLogEntry] = []
         for entry in events:
-            if (
-                entry.is_dagster_event
-                and entry.dagster_event_type in ASSET_EVENTS
-                and entry.get_dagster_event().asset_key
-            ):
-                run.append(entry)
+            if _is_asset_event(entry):
+                assets.append(entry)
                 continue
-            if run:
-                self._store_asset_events(run)
-                run = []
+            if assets:
+                self._store_asset_events(assets)
+                assets = []
             self.store_event(entry)
-        if run:
-            self._store_asset_events(run)
+        if assets:
+            self._store_asset_events(assets)
 
     def _store_asset_events(self, events: Sequence[EventLogEntry]) -> None:
         rows = [self._event_to_row(entry) for entry in events]
