@@ -6,12 +6,14 @@ import json
 import os
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import boto3
 import dagster as dg
+import psutil
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
@@ -218,3 +220,46 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         target = REPO / target
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------- processes and fake HTTP services
+
+
+def group_processes(pgid: int) -> list[psutil.Process]:
+    """Live processes of the process group ``pgid`` (a zombie has exited and only awaits reaping)."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return found
+
+
+def spawned(processes: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``processes`` started by multiprocessing's spawn (render workers, Dagster step processes)."""
+    found = []
+    for proc in processes:
+        try:
+            if "spawn_main" in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+class QuietJsonHandler(BaseHTTPRequestHandler):
+    """Base for the small fake AWS endpoints of the tests: JSON replies, no access log on stderr."""
+
+    def reply_json(self, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+        self.send_response(200)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass

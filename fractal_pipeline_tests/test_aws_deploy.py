@@ -20,7 +20,7 @@ import re
 import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 from fractal_pipeline.aws.deploy import TEMPLATE_PATH, load_template
 from fractal_pipeline.cli import app
 
-from .conftest import moto_credentials
+from .conftest import QuietJsonHandler, moto_credentials
 from .test_aws_lambda import SubprocessLambdaClient
 
 pytestmark = pytest.mark.s3
@@ -202,7 +202,7 @@ def test_deploy_refuses_bad_options_in_one_line(aws: dict[str, str], args: list[
     assert len(result.output.strip().splitlines()) == 1
 
 
-class _LambdaApi(BaseHTTPRequestHandler):
+class _LambdaApi(QuietJsonHandler):
     """The Lambda Invoke REST call, answered by running the handler in a subprocess."""
 
     client: ClassVar[SubprocessLambdaClient]
@@ -219,20 +219,12 @@ class _LambdaApi(BaseHTTPRequestHandler):
             Payload=payload,
             LogType=self.headers.get("X-Amz-Log-Type", "None"),
         )
-        body = response["Payload"].read()
-        self.send_response(200)
+        headers = {"X-Amz-Executed-Version": "$LATEST"}
         if "FunctionError" in response:
-            self.send_header("X-Amz-Function-Error", response["FunctionError"])
+            headers["X-Amz-Function-Error"] = response["FunctionError"]
         if "LogResult" in response:
-            self.send_header("X-Amz-Log-Result", response["LogResult"])
-        self.send_header("X-Amz-Executed-Version", "$LATEST")
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+            headers["X-Amz-Log-Result"] = response["LogResult"]
+        self.reply_json(response["Payload"].read(), headers)
 
 
 @pytest.fixture

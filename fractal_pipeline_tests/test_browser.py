@@ -28,6 +28,8 @@ import psutil
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
+from .conftest import group_processes
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
@@ -72,18 +74,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _group_members(pgid: int) -> list[psutil.Process]:
-    """Live (non-zombie) processes of the process group ``pgid``."""
-    members = []
-    for process in psutil.process_iter():
-        try:
-            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
-                members.append(process)
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            continue
-    return members
-
-
 def _stop_group(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
     """SIGTERM the whole group, then SIGKILL what is left; every process of it must be gone."""
     pgid = process.pid  # start_new_session=True: the group id is the leader's pid
@@ -91,15 +81,15 @@ def _stop_group(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while _group_members(pgid) and time.monotonic() < deadline:
+    while group_processes(pgid) and time.monotonic() < deadline:
         time.sleep(0.25)
-    if _group_members(pgid):
+    if group_processes(pgid):
         os.killpg(pgid, signal.SIGKILL)
     process.wait(timeout=30)
     deadline = time.monotonic() + 10
-    while _group_members(pgid) and time.monotonic() < deadline:
+    while group_processes(pgid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _group_members(pgid) == [], "dagster dev left processes behind"
+    assert group_processes(pgid) == [], "dagster dev left processes behind"
     survivors = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert survivors == [], f"processes escaped the group: {survivors}"
 

@@ -16,20 +16,10 @@ from dagster._core.instance.ref import InstanceRef
 
 from fractal_pipeline.fractals import random_specs, render_png, spec_of_png
 
+from .conftest import group_processes, spawned
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _group_processes(pgid: int) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            # A zombie has exited and only awaits reaping by init: it is not an orphan still running.
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (ProcessLookupError, psutil.NoSuchProcess):
-            continue
-    return found
 
 
 @pytest.mark.reliability(
@@ -60,8 +50,8 @@ def test_interrupted_run_stops_workers_and_leaves_only_complete_pngs(tmp_path: P
             time.sleep(0.1)
         # The step runs in a spawned process of Dagster's multiprocess executor; the render
         # workers are spawned processes whose parent is that step process.
-        spawned = [p for p in _group_processes(process.pid) if "spawn_main" in " ".join(p.cmdline())]
-        workers = [p for p in spawned if p.ppid() in {q.pid for q in spawned}]
+        spawned_processes = spawned(group_processes(process.pid))
+        workers = [p for p in spawned_processes if p.ppid() in {q.pid for q in spawned_processes}]
         assert workers, "no render workers were running"
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         interrupted = time.monotonic()
@@ -71,10 +61,10 @@ def test_interrupted_run_stops_workers_and_leaves_only_complete_pngs(tmp_path: P
         try:
             process.wait(60)
         except subprocess.TimeoutExpired:
-            left = [f"{p.pid} {p.status()} {' '.join(p.cmdline())[:120]}" for p in _group_processes(process.pid)]
+            left = [f"{p.pid} {p.status()} {' '.join(p.cmdline())[:120]}" for p in group_processes(process.pid)]
             raise AssertionError(f"the run's processes did not exit 60 s after Ctrl-C: {left}") from None
         time.sleep(0.5)
-        assert not _group_processes(process.pid), "processes of the run outlived it"
+        assert not group_processes(process.pid), "processes of the run outlived it"
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

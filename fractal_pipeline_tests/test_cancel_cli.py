@@ -25,22 +25,12 @@ from PIL import Image
 from fractal_pipeline.automation import RENDER_JOB_NAME
 from fractal_pipeline.fractals import random_specs, render_png, spec_of_png
 
-from .test_cancel import BIN, REPO, _group_processes
+from .conftest import group_processes, spawned
+from .test_cancel import BIN, REPO
 from .test_observability_cli import _env, _invoke
 
 # Launch at once, as the daemon dequeues a run under `dagster dev` (nothing else in this test dequeues).
 DEFAULT_COORDINATOR = "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: DefaultRunCoordinator\n"
-
-
-def _spawned(processes: list[psutil.Process]) -> list[psutil.Process]:
-    found = []
-    for proc in processes:
-        try:
-            if "spawn_main" in " ".join(proc.cmdline()):
-                found.append(proc)
-        except psutil.NoSuchProcess:
-            continue
-    return found
 
 
 @pytest.mark.reliability(
@@ -74,10 +64,10 @@ def test_cancel_stops_a_run_on_a_code_server(tmp_path: Path) -> None:
         assert launch.wait(60) == 0
         # The code server (left behind by `dagster job launch`) runs the run worker, a spawned
         # process; the render workers are spawned processes whose parent is the run worker.
-        spawned = _spawned(_group_processes(launch.pid))
-        spawned_pids = {p.pid for p in spawned}
-        run_workers = [p for p in spawned if p.ppid() not in spawned_pids]
-        workers = [p for p in spawned if p.ppid() in {q.pid for q in run_workers}]
+        children = spawned(group_processes(launch.pid))
+        spawned_pids = {p.pid for p in children}
+        run_workers = [p for p in children if p.ppid() not in spawned_pids]
+        workers = [p for p in children if p.ppid() in {q.pid for q in run_workers}]
         assert len(run_workers) == 1 and workers, "no run worker with render workers was running"
         with dg.DagsterInstance.from_config(str(home)) as instance:
             (run,) = instance.get_runs()
@@ -95,11 +85,11 @@ def test_cancel_stops_a_run_on_a_code_server(tmp_path: Path) -> None:
         assert time.monotonic() - canceled < 5
         # The code server itself exits once it has no run left (`dagster job launch` asked it to).
         deadline = time.monotonic() + 30
-        while _group_processes(launch.pid) and time.monotonic() < deadline:
+        while group_processes(launch.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not _group_processes(launch.pid), "processes of the run's code server outlived it"
+        assert not group_processes(launch.pid), "processes of the run's code server outlived it"
     finally:
-        if _group_processes(launch.pid):
+        if group_processes(launch.pid):
             os.killpg(launch.pid, signal.SIGKILL)
         launch.wait(10)
 

@@ -15,7 +15,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,7 +24,7 @@ import dagster as dg
 import pytest
 from dagster._core.launcher.base import WorkerStatus
 
-from .conftest import s3_client
+from .conftest import QuietJsonHandler, s3_client
 
 # the session's Postgres database and the DAGSTER_PG_* variables for it
 from .test_postgres import DEPLOY_YAML, pg_env, postgres_database  # noqa: F401
@@ -34,19 +34,11 @@ pytestmark = [pytest.mark.s3, pytest.mark.postgres]
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/fractal-pipeline:app-test"
 
 
-class _MetadataHandler(BaseHTTPRequestHandler):
+class _MetadataHandler(QuietJsonHandler):
     documents: ClassVar[dict[str, Any]] = {}
 
     def do_GET(self) -> None:
-        body = json.dumps(self.documents.get(self.path.rstrip("/") or "/", {})).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+        self.reply_json(json.dumps(self.documents.get(self.path.rstrip("/") or "/", {})).encode())
 
 
 @pytest.fixture

@@ -21,14 +21,14 @@ from fractal_pipeline.fractals import FractalSpec, random_specs, render_png, spe
 from fractal_pipeline.rendering import RenderFailure, RenderResult, render_many
 from fractal_pipeline.store import StoreConfig
 
-from .conftest import failure_message, materialize_images, s3_client
+from .conftest import failure_message, materialize_images, s3_client, spawned
 
 IMAGES = dg.AssetKey("fractal_images")
 
 
 def _spawned_workers() -> list[psutil.Process]:
     """Worker processes of this test process's pools (multiprocessing spawn children)."""
-    return [child for child in psutil.Process().children(recursive=True) if "spawn_main" in " ".join(child.cmdline())]
+    return spawned(psutil.Process().children(recursive=True))
 
 
 def _kill_one_worker_when(condition: callable, timeout: float = 60) -> threading.Thread:  # type: ignore[valid-type]
