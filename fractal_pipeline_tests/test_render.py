@@ -18,10 +18,13 @@ from fractal_pipeline.fractals import (
     FractalSpec,
     InvalidSpec,
     encode_png,
+    preview,
     render,
     render_indexed,
     render_png,
+    render_with_preview,
     spec_of_png,
+    tune_allocator,
 )
 from fractal_pipeline.fractals.__main__ import main as cli_main
 from fractal_pipeline.fractals.lsystem import turtle_path
@@ -85,6 +88,57 @@ def test_render_indexed_is_the_palette_image_of_render() -> None:
     assert indexed.mode == "P"
     assert indexed.size == (SIZE, SIZE)
     assert np.array_equal(np.asarray(indexed.convert("RGB")), np.asarray(render(spec)))
+
+
+def test_preview_keeps_one_pixel_lines_by_max_pooling() -> None:
+    spec = FractalSpec("hilberts", 5, 1024, "ice")  # 1 px lines: averaged down 8x they would fade
+    image = render_indexed(spec)
+    small = preview(image, 128)
+    assert small.mode == "P" and small.size == (128, 128)
+    assert small.getpalette() == image.getpalette()
+    pixels = np.asarray(image)
+    expected = pixels.reshape(128, 8, 128, 8).max(axis=(1, 3))
+    assert np.array_equal(np.asarray(small), expected)
+    assert np.count_nonzero(expected) > 0.5 * np.count_nonzero(pixels.reshape(128, 8, 128, 8).any(axis=(1, 3)))
+
+
+@pytest.mark.parametrize("key", ["dragon_12", "koch_snowflake_3-200px-fire", "hilberts_0-64px", "levy_c_9-1000px"])
+def test_render_with_preview_is_render_indexed_and_its_preview(key: str) -> None:
+    spec = FractalSpec.from_key(key)
+    image, small = render_with_preview(spec, 128)
+    reference = render_indexed(spec)
+    assert image.mode == "P" and image.tobytes() == reference.tobytes()
+    assert image.getpalette() == reference.getpalette()
+    expected = preview(reference, 128)
+    assert small.size == expected.size and max(small.size) <= 128
+    assert small.tobytes() == expected.tobytes() and small.getpalette() == expected.getpalette()
+    assert encode_png(image, spec) == render_png(spec)
+
+
+_TUNED_CHILD = """
+import resource, sys
+from fractal_pipeline.fractals import FractalSpec, render_png, tune_allocator
+ok = tune_allocator()
+specs = [FractalSpec.from_key(k) for k in sys.argv[1:]]
+render_png(specs[0])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+data = b"".join(render_png(spec) for spec in specs)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+print(ok, after - before, data.hex())
+"""
+
+
+def test_tune_allocator_reuses_buffers_and_changes_no_pixel() -> None:
+    keys = [f"dragon_{depth}" for depth in range(8, 14)] * 3  # 1024 px: ~1-2 MB buffers per render
+    tuned = subprocess.run(
+        [sys.executable, "-c", _TUNED_CHILD, *keys], env=subprocess_env(), capture_output=True, text=True, check=True
+    )
+    ok, faults, data = tuned.stdout.split()
+    assert ok == "True"
+    # Without the tuning, each render here faults in ~1,500 fresh pages (glibc maps and unmaps its buffers).
+    assert int(faults) < 100 * len(keys), f"{faults} page faults for {len(keys)} renders"
+    assert bytes.fromhex(data) == b"".join(render_png(FractalSpec.from_key(k)) for k in keys)
+    assert tune_allocator() is True  # idempotent, in this process too
 
 
 def test_palettes_change_colours_not_shape() -> None:

@@ -10,10 +10,20 @@ this API::
     png = render_png(spec)                    # same spec, same bytes
 """
 
+from .allocator import tune_allocator
 from .catalog import KINDS, SEGMENT_BUDGET, LSystem
 from .collage import make_collage, thumbnail, tile_size_for
 from .palette import DEFAULT_PALETTE, PALETTES
-from .render import encode_png, preview, render, render_indexed, render_png, spec_of_png
+from .render import (
+    encode_png,
+    indexed_png,
+    preview,
+    render,
+    render_indexed,
+    render_png,
+    render_with_preview,
+    spec_of_png,
+)
 from .spec import (
     DEFAULT_SIZE,
     MAX_SIZE,
@@ -40,14 +50,17 @@ __all__ = [
     "LSystem",
     "check_budget",
     "encode_png",
+    "indexed_png",
     "make_collage",
     "preview",
     "random_specs",
     "render",
     "render_indexed",
     "render_png",
+    "render_with_preview",
     "segment_count",
     "spec_of_png",
     "thumbnail",
     "tile_size_for",
+    "tune_allocator",
 ]

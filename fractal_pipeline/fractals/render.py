@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import struct
+import zlib
 from typing import Final
 
 import aggdraw
@@ -101,22 +103,16 @@ def band_index(
     return grid
 
 
-def render_indexed(spec: FractalSpec, max_segments: int = SEGMENT_BUDGET) -> Image.Image:
-    """Draw ``spec`` as a palette ("P") image: what :func:`render_png` encodes.
-
-    One antialiased polyline per colour band gives a coverage mask; the band
-    of each pixel comes from :func:`band_index`. Pixel value =
-    ``band * LEVELS + coverage quantised to LEVELS``.
-    """
+def _draw_indexes(spec: FractalSpec, max_segments: int) -> tuple[npt.NDArray[np.uint8], list[int]]:
+    """The palette index of every pixel of ``spec`` (``size`` x ``size``) and the palette."""
     check_budget(spec, max_segments)
     size = spec.size
     path = turtle_path(KINDS[spec.kind], spec.depth)
     segments = len(path) - 1
     bands = max(1, min(BANDS, segments))
-    image = Image.new("P", (size, size), 0)
-    image.putpalette(palette_table(spec.palette, bands))
+    palette = palette_table(spec.palette, bands)
     if segments == 0:
-        return image
+        return np.zeros((size, size), dtype=np.uint8), palette
     pixels, segment_px = fit_to_canvas(path, size)
     del path
     width = line_width(segment_px, size)
@@ -134,8 +130,35 @@ def render_indexed(spec: FractalSpec, max_segments: int = SEGMENT_BUDGET) -> Ima
     index = bands_grid.ravel() * np.uint8(LEVELS)
     index += level.astype(np.uint8)
     index[level == 0] = 0
-    image.frombytes(index.tobytes())
+    return index.reshape(size, size), palette
+
+
+def _indexed_image(indexes: npt.NDArray[np.uint8], palette: list[int] | None) -> Image.Image:
+    """A "P" image of ``indexes`` (a height x width array) with ``palette``."""
+    height, width = indexes.shape
+    image = Image.new("P", (width, height), 0)
+    if palette is not None:
+        image.putpalette(palette)
+    image.frombytes(np.ascontiguousarray(indexes))  # one copy, into Pillow's block-reusing memory
     return image
+
+
+def render_indexed(spec: FractalSpec, max_segments: int = SEGMENT_BUDGET) -> Image.Image:
+    """Draw ``spec`` as a palette ("P") image: what :func:`render_png` encodes.
+
+    One antialiased polyline per colour band gives a coverage mask; the band
+    of each pixel comes from :func:`band_index`. Pixel value =
+    ``band * LEVELS + coverage quantised to LEVELS``.
+    """
+    return _indexed_image(*_draw_indexes(spec, max_segments))
+
+
+def render_with_preview(
+    spec: FractalSpec, max_px: int, max_segments: int = SEGMENT_BUDGET
+) -> tuple[Image.Image, Image.Image]:
+    """:func:`render_indexed` and its :func:`preview`, pooled from the pixels before they go into Pillow."""
+    indexes, palette = _draw_indexes(spec, max_segments)
+    return _indexed_image(indexes, palette), _indexed_image(_max_pool(indexes, max_px), palette)
 
 
 def render(spec: FractalSpec, max_segments: int = SEGMENT_BUDGET) -> Image.Image:
@@ -158,9 +181,52 @@ def encode_png(image: Image.Image, spec: FractalSpec | None = None) -> bytes:
     return out.getvalue()
 
 
+def indexed_png(image: Image.Image) -> bytes:
+    """PNG bytes of a small "P" image (a :func:`preview`), written directly with zlib.
+
+    No filter, compression level 1: for a 128 px preview, ~2x faster than
+    Pillow's encoder, whose set-up per call costs more than the pixels do.
+    Deterministic, and any PNG decoder reads it (8-bit indexed, PLTE chunk).
+    """
+    if image.mode != "P":
+        raise ValueError(f"image mode: {image.mode!r} is not an indexed image; use encode_png")
+    width, height = image.size
+    rows = np.zeros((height, width + 1), dtype=np.uint8)  # each row starts with filter type 0
+    rows[:, 1:] = np.asarray(image)
+    palette = image.getpalette() or [0, 0, 0]
+    header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"PLTE", bytes(palette[: 3 * 256])),
+            _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), PNG_COMPRESS_LEVEL)),
+            _png_chunk(b"IEND", b""),
+        )
+    )
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
 def render_png(spec: FractalSpec, max_segments: int = SEGMENT_BUDGET) -> bytes:
     """Render ``spec`` and encode it as an indexed PNG; same spec, same bytes, in any process."""
     return encode_png(render_indexed(spec, max_segments), spec)
+
+
+def _max_pool(pixels: npt.NDArray[np.uint8], max_px: int) -> npt.NDArray[np.uint8]:
+    """Each output pixel is the largest value of its ``f`` x ``f`` block, ``f = ceil(side / max_px)``."""
+    factor = max(1, -(-max(pixels.shape) // max_px))
+    height, width = (pixels.shape[0] // factor) * factor, (pixels.shape[1] // factor) * factor
+    pixels = pixels[:height, :width]
+    rows = pixels[0::factor].copy()
+    for k in range(1, factor):
+        np.maximum(rows, pixels[k::factor], out=rows)
+    pooled = rows[:, 0::factor].copy()
+    for k in range(1, factor):
+        np.maximum(pooled, rows[:, k::factor], out=pooled)
+    return pooled
 
 
 def preview(image: Image.Image, max_px: int) -> Image.Image:
@@ -171,26 +237,14 @@ def preview(image: Image.Image, max_px: int) -> Image.Image:
     one-pixel lines stay visible at 1/8 scale, where averaging (``reduce``)
     fades them. Stays indexed (same palette): ~0.6 ms and ~2 KB as a PNG for
     a 1024 px image, against ~1.8 ms and ~8 KB for an RGB reduce.
+    :func:`render_with_preview` makes the same preview while rendering.
     """
     factor = max(1, -(-max(image.size) // max_px))
     if factor == 1 or image.mode != "P":
         small = image.copy()
         small.thumbnail((max_px, max_px), Image.Resampling.BOX)
         return small
-    pixels = np.asarray(image)
-    height, width = (pixels.shape[0] // factor) * factor, (pixels.shape[1] // factor) * factor
-    pixels = pixels[:height, :width]
-    rows = pixels[0::factor].copy()
-    for k in range(1, factor):
-        np.maximum(rows, pixels[k::factor], out=rows)
-    pooled = rows[:, 0::factor].copy()
-    for k in range(1, factor):
-        np.maximum(pooled, rows[:, k::factor], out=pooled)
-    small = Image.frombytes("P", (pooled.shape[1], pooled.shape[0]), pooled.tobytes())
-    palette = image.getpalette()
-    if palette is not None:
-        small.putpalette(palette)
-    return small
+    return _indexed_image(_max_pool(np.asarray(image), max_px), image.getpalette())
 
 
 def spec_of_png(data: bytes) -> FractalSpec | None:
