@@ -425,7 +425,27 @@ class Timeline:
 
 
 def _busy_intervals(items: Iterable[WorkItem]) -> list[tuple[float, float]]:
-    return [(item.started_at, item.stored_at) for item in items]
+    """When each worker was busy: its partitions' render-to-stored spans, merged per worker (a worker
+    stores one PNG while it renders the next, so its spans overlap)."""
+    by_worker: dict[str, list[tuple[float, float]]] = {}
+    for item in items:
+        by_worker.setdefault(item.worker, []).append((item.started_at, item.stored_at))
+    merged: list[tuple[float, float]] = []
+    for spans in by_worker.values():
+        spans.sort()
+        start, end = spans[0]
+        for next_start, next_end in spans[1:]:
+            if next_start > end:
+                merged.append((start, end))
+                start, end = next_start, next_end
+            else:
+                end = max(end, next_end)
+        merged.append((start, end))
+    return merged
+
+
+def _busy_seconds(items: Iterable[WorkItem]) -> float:
+    return sum(end - start for start, end in _busy_intervals(items))
 
 
 def busy_counts(intervals: Sequence[tuple[float, float]], times: Sequence[float]) -> list[int]:
@@ -465,7 +485,7 @@ def render_lanes(items: Sequence[WorkItem], origin: float) -> list[WorkerLane]:
                 start=began - origin,
                 end=stopped - origin,
                 partitions=len(work),
-                busy_s=sum(item.stored_at - item.started_at for item in work),
+                busy_s=_busy_seconds(work),
                 events=tuple(events),
             )
         )
@@ -601,7 +621,7 @@ def batch_summary_markdown(
         lines.append(
             f"| `{worker}` | {len(work)} | +{min(i.worker_started_at for i in work) - origin:.3f} s "
             f"| +{work[0].started_at - origin:.3f} s | +{max(i.stored_at for i in work) - origin:.3f} s "
-            f"| {sum(i.stored_at - i.started_at for i in work):.3f} s "
+            f"| {_busy_seconds(work):.3f} s "
             f"| {render_ms:.0f} ms | {encode_ms:.0f} ms | {put_ms:.0f} ms |"
         )
     if workers:

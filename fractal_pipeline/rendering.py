@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import functools
 import gc
-import io
 import multiprocessing
 import multiprocessing.util
 import os
@@ -20,13 +19,22 @@ import sys
 import time
 import types
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from fractal_pipeline.fractals import FractalSpec, encode_png, preview, render_indexed
+from PIL import Image
+
+from fractal_pipeline.fractals import (
+    FractalSpec,
+    InvalidSpec,
+    encode_png,
+    indexed_png,
+    render_with_preview,
+    tune_allocator,
+)
 from fractal_pipeline.store import FractalStore, LocalStore, StoreConfig, image_key
 
 THUMBNAIL_PX = 128
@@ -111,6 +119,54 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class RenderedSpec:
+    """A spec rendered and encoded, not yet stored: what :func:`store_rendered` takes."""
+
+    spec: FractalSpec
+    png: bytes = field(repr=False)
+    thumbnail: Image.Image = field(repr=False)
+    started_at: float
+    rendered_at: float
+    encoded_at: float
+
+
+def render_spec(key: str) -> RenderedSpec:
+    """Render and encode the spec with this key (and its thumbnail), timing each phase."""
+    spec = FractalSpec.from_key(key)
+    started = time.time()
+    image, thumbnail = render_with_preview(spec, THUMBNAIL_PX)
+    rendered = time.time()
+    data = encode_png(image, spec)
+    return RenderedSpec(spec, data, thumbnail, started, rendered, time.time())
+
+
+def store_rendered(
+    rendered: RenderedSpec, store: FractalStore, worker: str | None = None, worker_started_at: float | None = None
+) -> RenderResult:
+    """Store a rendered spec's PNG and report where it went and the timings.
+
+    ``worker_started_at`` is when the calling worker started (default: when the render started).
+    """
+    object_key = image_key(rendered.spec.key)
+    location = store.put(object_key, rendered.png)
+    stored = time.time()
+    return RenderResult(
+        key=rendered.spec.key,
+        object_key=object_key,
+        location=location,
+        segments=rendered.spec.segments,
+        png_bytes=len(rendered.png),
+        worker=worker or f"pid-{os.getpid()}",
+        started_at=rendered.started_at,
+        rendered_at=rendered.rendered_at,
+        encoded_at=rendered.encoded_at,
+        stored_at=stored,
+        thumbnail_png=indexed_png(rendered.thumbnail),
+        worker_started_at=worker_started_at if worker_started_at is not None else rendered.started_at,
+    )
+
+
 def render_and_store(
     key: str, store: FractalStore, worker: str | None = None, worker_started_at: float | None = None
 ) -> RenderResult:
@@ -118,31 +174,11 @@ def render_and_store(
 
     ``worker_started_at`` is when the calling worker started (default: now).
     """
-    spec = FractalSpec.from_key(key)
-    started = time.time()
-    image = render_indexed(spec)
-    rendered = time.time()
-    data = encode_png(image, spec)
-    encoded = time.time()
-    object_key = image_key(spec.key)
-    location = store.put(object_key, data)
-    stored = time.time()
-    out = io.BytesIO()
-    preview(image, THUMBNAIL_PX).save(out, format="PNG", compress_level=1)
-    return RenderResult(
-        key=spec.key,
-        object_key=object_key,
-        location=location,
-        segments=spec.segments,
-        png_bytes=len(data),
-        worker=worker or f"pid-{os.getpid()}",
-        started_at=started,
-        rendered_at=rendered,
-        encoded_at=encoded,
-        stored_at=stored,
-        thumbnail_png=out.getvalue(),
-        worker_started_at=worker_started_at if worker_started_at is not None else started,
-    )
+    return store_rendered(render_spec(key), store, worker, worker_started_at)
+
+
+def _failure(key: str, exc: BaseException) -> RenderFailure:
+    return RenderFailure(key, f"{type(exc).__name__}: {exc}", transient=is_transient(exc))
 
 
 _worker_store: FractalStore | None = None
@@ -164,18 +200,54 @@ def process_started_at() -> float:
         return time.time()
 
 
-def _init_worker(config: StoreConfig) -> None:
-    global _worker_store, _worker_started_at
+#: Threads of a worker that upload finished PNGs to a remote store (S3) while it renders the next
+#: spec: a PUT waits tens of milliseconds on the network, a 1024 px render takes ~15 ms.
+STORE_THREADS = 4
+_worker_io: ThreadPoolExecutor | None = None
+
+
+def _init_worker(config: StoreConfig, ready: Any) -> None:
+    global _worker_store, _worker_started_at, _worker_io
     # Ctrl-C reaches the whole process group: the parent decides when workers stop
     # (and stops them promptly), so a worker must not swallow it mid-task and carry on.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tune_allocator()  # a worker renders many specs: reuse freed buffers (see fractals.allocator)
     _worker_started_at = process_started_at()
     _worker_store = config.open()
+    if not isinstance(_worker_store, LocalStore):
+        _worker_io = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
+    ready.set()
 
 
-def _work(key: str) -> RenderResult:
+def _store_in_worker(rendered: RenderedSpec) -> RenderResult:
     assert _worker_store is not None, "worker not initialised"
-    return render_and_store(key, _worker_store, worker_started_at=_worker_started_at)
+    return store_rendered(rendered, _worker_store, worker_started_at=_worker_started_at)
+
+
+def _work(keys: list[str]) -> list[RenderResult | RenderFailure]:
+    """Render and store ``keys`` one after another; returns when every PNG of the chunk is stored (or
+    failed), so its results all describe stored objects.
+
+    With a remote store, a PNG is uploaded by a store thread while the next spec
+    renders. A local write is ~0.3 ms of CPU, less than a thread costs the render
+    in contention for the GIL: it is done in line.
+    """
+    pending: list[Future[RenderResult] | RenderResult | RenderFailure] = []
+    for key in keys:
+        try:
+            rendered = render_spec(key)
+            pending.append(
+                _store_in_worker(rendered) if _worker_io is None else _worker_io.submit(_store_in_worker, rendered)
+            )
+        except Exception as exc:  # one bad spec must not stop the others
+            pending.append(_failure(key, exc))
+    outcomes: list[RenderResult | RenderFailure] = []
+    for key, item in zip(keys, pending, strict=True):
+        try:
+            outcomes.append(item.result() if isinstance(item, Future) else item)
+        except Exception as exc:
+            outcomes.append(_failure(key, exc))
+    return outcomes
 
 
 def _terminate_workers(executor: ProcessPoolExecutor, store_config: StoreConfig, grace_s: float = 2.0) -> None:
@@ -194,9 +266,14 @@ def _terminate_workers(executor: ProcessPoolExecutor, store_config: StoreConfig,
         if process.is_alive():
             process.kill()
             process.join(1.0)
+    _remove_partials(store_config, {process.pid for process in processes if process.pid is not None})
+
+
+def _remove_partials(store_config: StoreConfig, pids: set[int]) -> None:
+    """Remove the temp files that writers with these (dead) pids left in a local store."""
     store = store_config.open()
     if isinstance(store, LocalStore):
-        store.remove_partials({process.pid for process in processes if process.pid is not None})
+        store.remove_partials(pids)
 
 
 @contextmanager
@@ -216,6 +293,66 @@ def _workers_skip_parent_main() -> Iterator[None]:
         yield
     finally:
         sys.modules["__main__"] = real_main
+
+
+#: Specs the step's own process may render while its workers start: small enough (~50 ms at most)
+#: not to hold up recording what the workers render.
+PARENT_MAX_SEGMENTS = 1 << 16
+PARENT_MAX_SIZE = 1024
+
+
+def _small(key: str) -> bool:
+    try:
+        spec = FractalSpec.from_key(key)
+    except InvalidSpec:
+        return False  # a worker reports it, as for every bad key
+    return spec.segments <= PARENT_MAX_SEGMENTS and spec.size <= PARENT_MAX_SIZE
+
+
+def _render_while_workers_start(
+    futures: dict[Future[list[RenderResult | RenderFailure]], list[str]],
+    ready: Any,
+    store_config: StoreConfig,
+    should_stop: Callable[[], bool] | None,
+) -> Iterator[RenderResult | RenderFailure]:
+    """Render chunks of small specs from the end of the queue in this process until a worker is ready.
+
+    A spawned worker takes ~0.2 s to start (a fresh interpreter importing numpy
+    and Pillow), time in which a batch would otherwise render nothing. Each chunk
+    taken here is one the workers have not been handed yet (its future is
+    cancelled and removed from ``futures``); the workers start at the front.
+    """
+    store: FractalStore | None = None
+    for future in reversed(list(futures)):
+        if ready.is_set() or (should_stop is not None and should_stop()):
+            return
+        keys = futures[future]
+        if not all(_small(key) for key in keys):
+            continue
+        if not future.cancel():  # already handed to a worker: the queue is all but taken
+            return
+        del futures[future]
+        for key in keys:
+            try:
+                store = store or store_config.open()
+                yield render_and_store(key, store)
+            except Exception as exc:  # as in a worker: reported, the batch goes on
+                yield _failure(key, exc)
+
+
+#: Specs per task handed to a worker: its store threads overlap a chunk's writes with its renders,
+#: and the step handles one message per chunk. Small, so results still arrive within ~50 ms of being
+#: stored and the last chunks spread evenly over the workers.
+CHUNK_MAX = 4
+
+
+def chunked(keys: list[str], workers: int) -> list[list[str]]:
+    """``keys`` in chunks of up to :data:`CHUNK_MAX`, at least ~4 chunks per worker; the last few
+    specs one per chunk, so that the workers run out of work at about the same time."""
+    size = max(1, min(CHUNK_MAX, len(keys) // (4 * max(1, workers))))
+    singles = len(keys) - min(len(keys), 2 * (size - 1) * max(1, workers))
+    chunks = [keys[start : min(start + size, singles)] for start in range(0, singles, size)]
+    return chunks + [[key] for key in keys[singles:]]
 
 
 def default_workers() -> int:
@@ -272,8 +409,11 @@ def _render_batches(
     while pending:
         retry: list[str] = []
         size = min(workers, len(pending))
-        executor = ProcessPoolExecutor(size, mp_context=context, initializer=_init_worker, initargs=(store_config,))
-        interrupted = False
+        ready = context.Event()  # set by the first worker to be ready
+        executor = ProcessPoolExecutor(
+            size, mp_context=context, initializer=_init_worker, initargs=(store_config, ready)
+        )
+        interrupted = broken = False
         # If this process exits without closing the generator (an interrupted Dagster step, itself a
         # multiprocessing child, can), stop the workers first: multiprocessing's exit hook runs
         # finalizers with an exit priority before it joins children, and would otherwise wait
@@ -283,10 +423,11 @@ def _render_batches(
         )
         try:
             with _workers_skip_parent_main():  # workers start on submit
-                futures: dict[Future[RenderResult], str] = {executor.submit(_work, key): key for key in pending}
+                futures = {executor.submit(_work, chunk): chunk for chunk in chunked(pending, size)}
+            yield from _render_while_workers_start(futures, ready, store_config, should_stop)
             # Completed futures arrive on a queue (one callback each): waiting on the set of pending
             # futures instead costs O(pending) per result, quadratic for a batch of thousands.
-            finished: queue.SimpleQueue[Future[RenderResult]] = queue.SimpleQueue()
+            finished: queue.SimpleQueue[Future[list[RenderResult | RenderFailure]]] = queue.SimpleQueue()
             for future in futures:
                 future.add_done_callback(finished.put)
             for _ in range(len(futures)):
@@ -299,17 +440,20 @@ def _render_batches(
                             yield None
                         if should_stop is not None and should_stop():
                             return
-                key = futures[future]
+                chunk = futures[future]
                 try:
-                    yield future.result()
+                    yield from future.result()
                 except BrokenProcessPool:
-                    attempts[key] = attempts.get(key, 0) + 1
-                    if attempts[key] < max_attempts:
-                        retry.append(key)
-                    else:
-                        yield RenderFailure(key, "worker process died while rendering (killed or out of memory)")
-                except Exception as exc:  # one bad spec must not stop the batch
-                    yield RenderFailure(key, f"{type(exc).__name__}: {exc}", transient=is_transient(exc))
+                    broken = True
+                    for key in chunk:
+                        attempts[key] = attempts.get(key, 0) + 1
+                        if attempts[key] < max_attempts:
+                            retry.append(key)
+                        else:
+                            yield RenderFailure(key, "worker process died while rendering (killed or out of memory)")
+                except Exception as exc:  # the chunk never ran (e.g. could not be sent): its specs failed
+                    for key in chunk:
+                        yield _failure(key, exc)
                 if should_stop is not None and should_stop():
                     return
         except BaseException:
@@ -320,5 +464,8 @@ def _render_batches(
         finally:
             stop_at_exit.cancel()
             if not interrupted:
+                pids = {process.pid for process in dict(getattr(executor, "_processes", None) or {}).values()}
                 executor.shutdown(wait=True, cancel_futures=True)
+                if broken:  # a killed worker may have left a half-written temp file
+                    _remove_partials(store_config, {pid for pid in pids if pid is not None})
         pending = retry

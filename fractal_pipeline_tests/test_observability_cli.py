@@ -349,3 +349,9 @@ def test_busy_counts_and_the_steps_markdown_summary() -> None:
     # 20 cells of 50 ms: started at 0, idle until 0.1 s, working 0.1..0.5 s
     assert gantt["pid-1"] == "··" + "█" * 8 + " " * 10
     assert gantt["pid-2"] == "····" + "█" * 4 + " " * 12
+
+    # A worker stores one PNG while it renders the next: its spans overlap, and it counts once.
+    pipelined = [*items, item("pid-2", "hilberts_5", 0.35, 0.6)]
+    summary = batch_summary_markdown(pipelined, total=4, failed=0, origin=100.0, now=101.0, width=20)
+    assert summary.startswith("**4/4** PNGs stored in 1.00 s by 2 workers (peak 2 at once, 0.80 busy on average)")
+    assert "| `pid-2` | 2 | +0.000 s | +0.200 s | +0.600 s | 0.400 s |" in summary

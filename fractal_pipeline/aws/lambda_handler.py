@@ -44,6 +44,7 @@ from dagster_pipes import (
     open_dagster_pipes,
 )
 
+from fractal_pipeline.fractals import tune_allocator
 from fractal_pipeline.rendering import render_and_store
 from fractal_pipeline.store import S3Store, endpoint_from_env
 
@@ -150,6 +151,7 @@ def _pipes(event: dict[str, Any], client: Any) -> Iterator[PipesContext]:
 def handler(event: Any, context: Any = None) -> dict[str, Any]:
     """Lambda entry point (``fractal_pipeline.aws.lambda_handler.handler``)."""
     keys, bucket = parse_event(event)
+    tune_allocator()  # a warm Lambda process renders chunk after chunk (see fractals.allocator)
     store = S3Store(bucket, endpoint_url=endpoint_from_env(), region_name=os.environ.get("AWS_REGION"))
     request_id = str(getattr(context, "aws_request_id", "") or f"pid-{os.getpid()}")
     worker = f"lambda-{request_id[:8]}"

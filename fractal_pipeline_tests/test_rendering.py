@@ -1,0 +1,125 @@
+"""render_many's scheduling: the step's own process renders while its workers start."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+
+from fractal_pipeline.fractals import FractalSpec, random_specs, render_png
+from fractal_pipeline.rendering import (
+    CHUNK_MAX,
+    PARENT_MAX_SEGMENTS,
+    RenderFailure,
+    RenderResult,
+    _render_while_workers_start,
+    chunked,
+    render_many,
+)
+from fractal_pipeline.store import StoreConfig
+
+from .conftest import s3_client
+
+
+class ReadyAfter:
+    """A stand-in for the workers' ready event: set from the ``checks``-th look on."""
+
+    def __init__(self, checks: int) -> None:
+        self.checks = checks
+        self.looks = 0
+
+    def is_set(self) -> bool:
+        self.looks += 1
+        return self.looks > self.checks
+
+
+def _futures(*chunks: list[str]) -> dict[Future[list[RenderResult | RenderFailure]], list[str]]:
+    return {Future(): chunk for chunk in chunks}
+
+
+def test_the_step_takes_small_specs_from_the_end_until_one_is_already_with_a_worker(tmp_path: Path) -> None:
+    big = "dragon_17"  # 131,072 segments: left to the workers
+    assert FractalSpec.from_key(big).segments > PARENT_MAX_SEGMENTS
+    futures = _futures(
+        ["dragon_6-64px"],
+        ["levy_c_5-64px", "hilberts_3-64px"],
+        [big],
+        ["koch_snowflake_2-2048px"],
+        ["ter_dragon_4-64px"],
+    )
+    first = next(iter(futures))
+    assert first.set_running_or_notify_cancel()  # handed to a worker already: cannot be taken back
+    outcomes = list(_render_while_workers_start(futures, ReadyAfter(99), StoreConfig(local_dir=str(tmp_path)), None))
+    taken = ["ter_dragon_4-64px", "levy_c_5-64px", "hilberts_3-64px"]  # chunks from the end, each in order
+    assert [o.key for o in outcomes] == taken
+    assert all(isinstance(o, RenderResult) and o.worker == f"pid-{os.getpid()}" for o in outcomes)
+    assert list(futures.values()) == [["dragon_6-64px"], [big], ["koch_snowflake_2-2048px"]]
+    assert all(not f.cancelled() for f in futures)  # what is left is still the workers' to do
+    for key in taken:
+        assert (tmp_path / "fractals" / f"{key}.png").read_bytes() == render_png(FractalSpec.from_key(key))
+
+
+def test_the_step_stops_taking_specs_once_a_worker_is_ready(tmp_path: Path) -> None:
+    keys = [spec.key for spec in random_specs(6, seed=3, size=64)]
+    futures = _futures(*([key] for key in keys))
+    outcomes = list(_render_while_workers_start(futures, ReadyAfter(2), StoreConfig(local_dir=str(tmp_path)), None))
+    assert [o.key for o in outcomes] == keys[:-3:-1]  # the last two, last first
+    assert list(futures.values()) == [[key] for key in keys[:-2]]
+
+
+def test_a_spec_the_step_cannot_store_is_a_failure_and_the_rest_go_on(tmp_path: Path) -> None:
+    (tmp_path / "fractals" / "levy_c_5-64px.png").mkdir(parents=True)  # a folder where the PNG would go
+    futures = _futures(["dragon_6-64px"], ["no_such_kind_3"], ["levy_c_5-64px"])
+    outcomes = list(_render_while_workers_start(futures, ReadyAfter(99), StoreConfig(local_dir=str(tmp_path)), None))
+    assert list(futures.values()) == [["no_such_kind_3"]]  # left to a worker, which reports it like any bad key
+    failure, result = outcomes
+    assert isinstance(failure, RenderFailure) and failure.key == "levy_c_5-64px" and "is a folder" in failure.error
+    assert isinstance(result, RenderResult) and result.key == "dragon_6-64px"
+
+
+def test_chunks_are_small_and_spread_over_the_workers() -> None:
+    keys = [f"dragon_{depth}-{size}px" for depth in range(10) for size in range(64, 114)]
+    for count, workers, size in [(500, 1, CHUNK_MAX), (500, 2, CHUNK_MAX), (24, 2, 3), (7, 2, 1), (1, 4, 1)]:
+        chunks = chunked(keys[:count], workers)
+        assert [key for chunk in chunks for key in chunk] == keys[:count]
+        assert max(len(chunk) for chunk in chunks) == size
+        # the end goes one spec at a time: no worker is left with a whole chunk while the others idle
+        assert all(len(chunk) == 1 for chunk in chunks[-2 * (size - 1) * workers :])
+
+
+def test_render_many_renders_each_key_once_between_the_step_and_its_workers(tmp_path: Path) -> None:
+    keys = [spec.key for spec in random_specs(200, seed=8, palette=None, size=64)]
+    outcomes = []
+    for outcome in render_many(keys, StoreConfig(local_dir=str(tmp_path)), workers=1):
+        assert isinstance(outcome, RenderResult), outcome
+        assert Path(outcome.location).is_file()  # reported once stored, never before
+        outcomes.append(outcome)
+    assert sorted(o.key for o in outcomes) == sorted(keys)
+    by = {o.worker for o in outcomes}
+    assert f"pid-{os.getpid()}" in by  # ~1 ms renders: this process takes some while its worker starts
+    for key in keys:
+        assert (tmp_path / "fractals" / f"{key}.png").read_bytes() == render_png(FractalSpec.from_key(key))
+
+
+@pytest.mark.s3
+def test_a_worker_uploads_one_png_while_it_renders_the_next(s3_env: dict[str, str]) -> None:
+    keys = [spec.key for spec in random_specs(40, seed=9, palette=None, size=512)]
+    config = StoreConfig(bucket=s3_env["FRACTALS_BUCKET"], endpoint_url=s3_env["AWS_ENDPOINT_URL"])
+    outcomes = list(render_many(keys, config, workers=1))
+    assert all(isinstance(o, RenderResult) for o in outcomes) and sorted(o.key for o in outcomes) == sorted(keys)
+    by_worker: dict[str, list[RenderResult]] = {}
+    for outcome in outcomes:
+        assert isinstance(outcome, RenderResult)
+        by_worker.setdefault(outcome.worker, []).append(outcome)
+    overlaps = 0
+    for results in by_worker.values():
+        results.sort(key=lambda r: r.started_at)
+        overlaps += sum(after.started_at < before.stored_at for before, after in itertools.pairwise(results))
+    assert overlaps > 0, "no render started before the previous PNG was uploaded"
+    client = s3_client(s3_env["AWS_ENDPOINT_URL"])
+    for key in keys:
+        stored = client.get_object(Bucket=s3_env["FRACTALS_BUCKET"], Key=f"fractals/{key}.png")["Body"].read()
+        assert stored == render_png(FractalSpec.from_key(key))
