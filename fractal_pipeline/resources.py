@@ -47,7 +47,8 @@ class RenderBackendResource(dg.ConfigurableResource):
 
     The asset only calls :meth:`render`; which backend runs the work is this
     resource's business, chosen per deployment in ``definitions.py``. Both
-    backends run the same ``render_and_store`` and yield the same
+    backends render and store with the same ``render_spec``/``store_rendered``
+    (``rendering.render_and_store``) and yield the same
     ``RenderResult``/``RenderFailure`` objects.
     """
 
