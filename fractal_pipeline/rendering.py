@@ -373,9 +373,12 @@ def render_many(
     heartbeat_s: float | None = None,
 ) -> Iterator[RenderResult | RenderFailure | None]:
     """Render and store every key across ``workers`` processes, yielding each
-    result as soon as it is stored (in completion order).
+    result once it is stored (in completion order).
 
-    A spec whose worker dies (the pool breaks) is retried in a fresh pool up to
+    Workers take the keys in chunks (:func:`chunked`) and report a chunk when
+    all its PNGs are stored; while they start, this process renders small specs
+    itself (:func:`_render_while_workers_start`). A spec whose worker dies (the
+    pool breaks) is retried in a fresh pool up to
     ``max_attempts`` times; a spec that raises is reported as a
     :class:`RenderFailure` and does not stop the others. ``should_stop`` is
     polled between results: when it says so, pending work is cancelled and
