@@ -257,7 +257,7 @@ def _terminate_workers(executor: ProcessPoolExecutor, store_config: StoreConfig,
     The executor is not shut down here: an interrupt can arrive while ``concurrent.futures`` holds
     one of its locks, and its management thread notices dead workers and cleans up by itself.
     """
-    processes = list(dict(getattr(executor, "_processes", None) or {}).values())
+    processes = _worker_processes(executor)
     for process in processes:
         process.terminate()
     deadline = time.monotonic() + grace_s
@@ -267,6 +267,11 @@ def _terminate_workers(executor: ProcessPoolExecutor, store_config: StoreConfig,
             process.kill()
             process.join(1.0)
     _remove_partials(store_config, {process.pid for process in processes if process.pid is not None})
+
+
+def _worker_processes(executor: ProcessPoolExecutor) -> list[Any]:
+    """The executor's worker processes (``concurrent.futures`` keeps them in a private dict)."""
+    return list(dict(getattr(executor, "_processes", None) or {}).values())
 
 
 def _remove_partials(store_config: StoreConfig, pids: set[int]) -> None:
@@ -340,9 +345,9 @@ def _render_while_workers_start(
                 yield _failure(key, exc)
 
 
-#: Specs per task handed to a worker: its store threads overlap a chunk's writes with its renders,
-#: and the step handles one message per chunk. Small, so results still arrive within ~50 ms of being
-#: stored and the last chunks spread evenly over the workers.
+#: Specs per task handed to a worker: the step handles one message per chunk, and with S3 the
+#: worker's store threads overlap a chunk's uploads with its renders. Small, so results still
+#: arrive within ~50 ms of being stored and the last chunks spread evenly over the workers.
 CHUNK_MAX = 4
 
 
@@ -467,8 +472,8 @@ def _render_batches(
         finally:
             stop_at_exit.cancel()
             if not interrupted:
-                pids = {process.pid for process in dict(getattr(executor, "_processes", None) or {}).values()}
+                pids = {process.pid for process in _worker_processes(executor) if process.pid is not None}
                 executor.shutdown(wait=True, cancel_futures=True)
                 if broken:  # a killed worker may have left a half-written temp file
-                    _remove_partials(store_config, {pid for pid in pids if pid is not None})
+                    _remove_partials(store_config, pids)
         pending = retry
