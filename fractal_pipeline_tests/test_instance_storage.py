@@ -10,16 +10,19 @@ connections, and the CLI writes it into a new DAGSTER_HOME.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
 from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
 from dagster._core.events.log import EventLogEntry
 from dagster._core.instance.ref import InstanceRef
+from dagster._core.storage.event_log.sqlite import sqlite_event_log as sqlite_event_log_module
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._core.test_utils import create_run_for_test
 
@@ -181,6 +184,39 @@ def test_a_run_records_one_materialization_per_partition_with_its_own_metadata(t
         assert len(templates) == 1
         assert result.run_id in instance.event_log_storage.get_all_run_ids()
         assert all(not run_id.startswith(".") for run_id in instance.event_log_storage.get_all_run_ids())
+
+
+def test_run_databases_copied_from_the_template_skip_the_revision_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run database made from the head-revision template is not checked again (alembic reloads
+    every script for that); one another writer made first still is."""
+    home = make_home(tmp_path / "home")
+    checks: list[str] = []
+    real_check = sqlite_event_log_module.check_alembic_revision
+
+    def counting_check(config: Any, connection: Any) -> Any:
+        checks.append(str(connection.engine.url.database))
+        return real_check(config, connection)
+
+    monkeypatch.setattr(sqlite_event_log_module, "check_alembic_revision", counting_check)
+    with open_instance(home) as instance:
+        storage = instance.event_log_storage
+        first = create_run_for_test(instance, job_name="job")
+        storage.store_event(materialization(first.run_id, "p0", 0, time.time()))  # builds the template
+        checks.clear()
+        runs = [create_run_for_test(instance, job_name="job") for _ in range(3)]
+        for index, run in enumerate(runs):
+            storage.store_event(materialization(run.run_id, f"p{index}", index, time.time()))
+            assert run_partitions(instance, run.run_id) == [f"p{index}"]
+        assert not any(run.run_id in path for path in checks for run in runs), checks
+        # A database that already exists (another process made it) is checked as before.
+        late = create_run_for_test(instance, job_name="job")
+        shutil.copyfile(
+            home / "history" / "runs" / f"{first.run_id}.db", home / "history" / "runs" / f"{late.run_id}.db"
+        )
+        storage.store_event(materialization(late.run_id, "p9", 9, time.time()))
+        assert any(late.run_id in path for path in checks), checks
 
 
 def test_live_watch_sees_events_written_through_pooled_connections(tmp_path: Path) -> None:
