@@ -155,18 +155,23 @@ class LocalStore(FractalStore):
 
     def put(self, key: str, data: bytes) -> str:
         path = self._path(key)
+        # The folder is made on the first write into it (checking first costs two system calls a PNG).
+        # The writer's pid in the temp name lets an interrupted batch clean up after its workers.
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{os.getpid()}-", suffix=".part")
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{os.getpid()}-", suffix=".part")
         except (FileExistsError, NotADirectoryError) as exc:
             raise StoreError(f"key: {key!r} lies under an existing object in {self.root}; use another key") from exc
-        if path.is_dir():
-            raise StoreError(f"key: {key!r} is a folder in {self.root}; use another key")
-        # The writer's pid in the temp name lets an interrupted batch clean up after its workers.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{os.getpid()}-", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
             os.replace(tmp, path)
+        except IsADirectoryError as exc:
+            Path(tmp).unlink(missing_ok=True)
+            raise StoreError(f"key: {key!r} is a folder in {self.root}; use another key") from exc
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -129,3 +129,24 @@ def test_hostile_spec_files_only_ever_yield_safe_object_keys(rows: list[tuple[st
         assert spec.segments <= SEGMENT_BUDGET and spec.size <= MAX_SIZE  # work is bounded before rendering
     for row in result.rejected:
         assert row.line >= 1 and row.reason and "\n" not in row.reason
+
+
+def test_local_store_refuses_keys_that_collide_with_folders_and_files(tmp_path: Path) -> None:
+    """A key naming a folder, or lying under a file, fails with the key named; nothing is left behind."""
+    store = LocalStore(tmp_path / "store")
+    assert Path(store.put("a/b/c.png", b"first")).read_bytes() == b"first"  # folders made on first write
+    with pytest.raises(StoreError, match=r"^key: 'a/b' is a folder in .*; use another key$"):
+        store.put("a/b", b"x")
+    with pytest.raises(
+        StoreError, match=r"^key: 'a/b/c.png/d.png' lies under an existing object in .*; use another key$"
+    ):
+        store.put("a/b/c.png/d.png", b"x")
+    with pytest.raises(StoreError, match=r"^key: 'a/b/c.png/e/f.png' lies under an existing object"):
+        store.put("a/b/c.png/e/f.png", b"x")
+    assert store.get("a/b/c.png") == b"first"
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "store",
+        "store/a",
+        "store/a/b",
+        "store/a/b/c.png",
+    ]
