@@ -6,15 +6,17 @@
 1. Pure render time: render_png of the N specs in a fresh process importing only
    the core, one after another, with the allocator tuned as in a render worker
    (fractals.tune_allocator). For reference, once with the default allocator.
-   Measurements 1 and 2 are interleaved over --rounds rounds (default 5), in
+   Measurements 1 and 2 are interleaved over --rounds rounds (default 7), in
    alternating order (pure, 1 worker, 2 workers, then the reverse), and the goals
    use the median of the ratios within each round: this 2-core VM's speed drifts
    by 10-30 % within minutes, so only measurements taken side by side compare.
 2. The same N specs as one batched `fractal_images` run on a temporary SQLite
    instance configured as `fractal-pipeline run` configures a new DAGSTER_HOME
    (instance_storage.instance_yaml: pooled event-log connections) with 1 worker,
-   then with 2: wall time of the step's run, storing into an empty folder. For reference, the 1-worker run
-   again on Dagster's stock `storage: sqlite` (a fresh home, same files).
+   then with 2: wall time of the step's run, storing into an emptied folder (the same one
+   every time: what a new file costs varies by folder on this VM's disk, so the cost there
+   is measured and printed). For reference, the 1-worker run again on Dagster's stock
+   `storage: sqlite` (a fresh home, same files).
    Overhead = wall(1 worker) - pure render time (goal <= 10 % of the render time);
    speed-up = wall(2 workers) / wall(1 worker) (goal <= 0.6x). The wall time
    includes Dagster starting the run and the worker processes starting (the
@@ -77,20 +79,48 @@ def pure_render_seconds(specs: list[FractalSpec], tuned: bool = True) -> float:
     return float(child.stdout.split()[-1])
 
 
-def pipeline_seconds(home: Path, keys: list[str], workers: int, store: Path | None = None) -> float:
-    """Wall time of one batched fractal_images run over ``keys`` (already registered).
+def empty_store(store: Path) -> Path:
+    """``store`` with its previous PNGs removed (the folders stay)."""
+    for path in store.rglob("*"):
+        if path.is_file():
+            path.unlink()
+    return store
 
-    The PNGs go to ``store``, by default a new empty folder (removed afterwards): each
-    measured run stores new objects, as a run of new specs does, rather than replacing
-    the previous round's files (which costs a local file system ~0.2 ms more per PNG).
+
+def new_file_ms(folder: Path, count: int = 300) -> float:
+    """Milliseconds to create (and write 44 KB to) one new file in ``folder``, as the store does.
+
+    On this VM's ext4 that ranges from ~0.05 to ~1 ms depending on where on the
+    disk the folder's inodes come from (the block group: a new folder lands
+    anywhere), i.e. up to ~7 % of a 1024 px render, so it is measured and printed.
     """
-    if store is None:
-        with tempfile.TemporaryDirectory(dir=home.parent) as folder:
-            return pipeline_seconds(home, keys, workers, Path(folder))
+    folder.mkdir(parents=True, exist_ok=True)
+    data = bytes(44 * 1024)
+    started = time.perf_counter()
+    for number in range(count):
+        with open(folder / f"probe-{number}.part", "wb") as handle:
+            handle.write(data)
+    elapsed = time.perf_counter() - started
+    for number in range(count):
+        (folder / f"probe-{number}.part").unlink()
+    return elapsed / count * 1000
+
+
+def pipeline_seconds(
+    home: Path, keys: list[str], workers: int, store: Path, phases: list[dict[str, float]] | None = None
+) -> float:
+    """Wall time of one batched fractal_images run over ``keys`` (already registered), storing into ``store``.
+
+    With ``phases``, appends where the run's time went, from each partition's metadata
+    (``started_at``, ``stored_at``, ``render_ms``, ``encode_ms``, ``put_ms``): seconds
+    until the first render started, the renders and encodes summed, the stores
+    summed, and the seconds after the last PNG was stored.
+    """
     os.environ["FRACTALS_DIR"] = str(store)
     defs = build_definitions("local")
     job = defs.resolve_implicit_global_asset_job_def()
     with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
+        started_at = time.time()
         started = time.perf_counter()
         result = job.execute_in_process(
             instance=instance,
@@ -100,7 +130,17 @@ def pipeline_seconds(home: Path, keys: list[str], workers: int, store: Path | No
         )
         elapsed = time.perf_counter() - started
         assert result.success
-        assert len(result.asset_materializations_for_node("fractal_images")) == len(keys)
+        metadata = [m.metadata for m in result.asset_materializations_for_node("fractal_images")]
+        assert len(metadata) == len(keys)
+    if phases is not None:
+        phases.append(
+            {
+                "start": min(float(m["started_at"].value) for m in metadata) - started_at,
+                "render": sum(float(m["render_ms"].value) + float(m["encode_ms"].value) for m in metadata) / 1000,
+                "store": sum(float(m["put_ms"].value) for m in metadata) / 1000,
+                "end": elapsed - (max(float(m["stored_at"].value) for m in metadata) - started_at),
+            }
+        )
     return elapsed
 
 
@@ -126,7 +166,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=500, help="specs in the batched run (<= 500 distinct)")
     parser.add_argument("--collage", type=int, default=1000, help="images in the collage")
     parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians are reported)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (medians are reported)")
     parser.add_argument("--quick", action="store_true", help="N=60, collage of 200, 1 round")
     args = parser.parse_args()
     if args.quick:
@@ -152,11 +192,17 @@ def main() -> int:
             f"median of {args.rounds} interleaved rounds\n",
             flush=True,
         )
+        # Every measured run stores into the same folder, emptied first: new objects, as a run of new
+        # specs stores, and the same cost per new file in every run (see new_file_ms).
+        store = Path(tmp) / "store"
+        (store / "fractals").mkdir(parents=True)
+        create_ms = new_file_ms(store / "fractals")
         rounds: dict[str, list[float]] = {"pure": [], "one": [], "two": []}
+        phases: list[dict[str, float]] = []  # of the 1-worker runs
         measure = {
             "pure": lambda: pure_render_seconds(specs),
-            "one": lambda: pipeline_seconds(home, keys, workers=1),
-            "two": lambda: pipeline_seconds(home, keys, workers=2),
+            "one": lambda: pipeline_seconds(home, keys, 1, empty_store(store), phases),
+            "two": lambda: pipeline_seconds(home, keys, 2, empty_store(store)),
         }
         for number in range(1, args.rounds + 1):  # interleaved: a slow spell of the machine hits every measurement
             order = list(measure) if number % 2 else list(reversed(measure))
@@ -171,7 +217,7 @@ def main() -> int:
         pure, one, two = (statistics.median(rounds[name]) for name in ("pure", "one", "two"))
         overheads = [(o - p) / p for p, o in zip(rounds["pure"], rounds["one"], strict=True)]
         speedups = [t / o for o, t in zip(rounds["one"], rounds["two"], strict=True)]
-        stock = pipeline_seconds(stock_home, keys, workers=1)
+        stock = pipeline_seconds(stock_home, keys, 1, empty_store(store))
         untuned = pure_render_seconds(specs, tuned=False)
         print("| measurement (median of the rounds) | seconds | per spec (ms) |")
         print("|---|---:|---:|")
@@ -194,6 +240,34 @@ def main() -> int:
         )
         print(f"| 2 workers / 1 worker | {speedup:.2f}x | {min(speedups):.2f}x | {max(speedups):.2f}x |")
         print()
+        # Where the 1-worker runs' time went, per round against that round's pure loop, as % of it.
+        parts: dict[str, list[float]] = {name: [] for name in ("start", "render", "store", "end", "other")}
+        for p, o, phase in zip(rounds["pure"], rounds["one"], phases, strict=True):
+            parts["start"].append(phase["start"] / p)
+            parts["render"].append((phase["render"] - p) / p)
+            parts["store"].append(phase["store"] / p)
+            parts["end"].append(phase["end"] / p)
+            parts["other"].append((o - p) / p - sum(parts[name][-1] for name in ("start", "render", "store", "end")))
+        labels = {
+            "start": "Dagster starts the run, until the first render starts",
+            "render": "renders + encodes (summed over the run) minus the pure loop",
+            "store": "storing the PNGs (summed; includes creating each new file)",
+            "end": "after the last PNG is stored (last batch, check, worker exit)",
+            "other": "the rest (per-spec hand-offs and thumbnails, less the step's own renders)",
+        }
+        print("| 1-worker overhead, by phase (% of the pure render time) | median | min | max |")
+        print("|---|---:|---:|---:|")
+        for name, label in labels.items():
+            values = parts[name]
+            print(
+                f"| {label} | {statistics.median(values) * 100:+.1f} % | {min(values) * 100:+.1f} % | "
+                f"{max(values) * 100:+.1f} % |"
+            )
+        print(
+            f"\nCreating a new file in the store folder on this disk: {create_ms:.2f} ms (x {len(specs)} = "
+            f"{create_ms * len(specs) / 1000:.2f} s, {create_ms * len(specs) / 1000 / pure * 100:.1f} % of the "
+            "pure render time): this VM's ext4 spends 0.05-1 ms of CPU on a new file, depending on the folder.\n"
+        )
         results.append(("overhead / render time, 1 worker", "<= 10 %", f"{overhead * 100:.1f} %", overhead <= 0.10))
         results.append(("wall 2 workers / 1 worker", "<= 0.60x", f"{speedup:.2f}x", speedup <= 0.60))
 
