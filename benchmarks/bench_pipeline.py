@@ -168,6 +168,12 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (medians are reported)")
     parser.add_argument("--quick", action="store_true", help="N=60, collage of 200, 1 round")
+    parser.add_argument(
+        "--store-dir",
+        type=Path,
+        help="folder in which the measured runs' store is made (default: the temporary folder); "
+        "e.g. a tmpfs, to see the overhead without the disk's cost of creating files",
+    )
     args = parser.parse_args()
     if args.quick:
         args.count, args.collage, args.rounds = 60, 200, 1
@@ -194,7 +200,8 @@ def main() -> int:
         )
         # Every measured run stores into the same folder, emptied first: new objects, as a run of new
         # specs stores, and the same cost per new file in every run (see new_file_ms).
-        store = Path(tmp) / "store"
+        store_folder = tempfile.TemporaryDirectory(prefix="bench-store-", dir=args.store_dir or tmp)
+        store = Path(store_folder.name)
         (store / "fractals").mkdir(parents=True)
         create_ms = new_file_ms(store / "fractals")
         rounds: dict[str, list[float]] = {"pure": [], "one": [], "two": []}
@@ -218,6 +225,7 @@ def main() -> int:
         overheads = [(o - p) / p for p, o in zip(rounds["pure"], rounds["one"], strict=True)]
         speedups = [t / o for o, t in zip(rounds["one"], rounds["two"], strict=True)]
         stock = pipeline_seconds(stock_home, keys, 1, empty_store(store))
+        store_folder.cleanup()
         untuned = pure_render_seconds(specs, tuned=False)
         print("| measurement (median of the rounds) | seconds | per spec (ms) |")
         print("|---|---:|---:|")
