@@ -321,6 +321,12 @@ class WorkItem:
     rendered_at: float
     encoded_at: float
     stored_at: float
+    #: When the store call began (a PNG can wait after encoding); None: at ``encoded_at``.
+    put_started_at: float | None = None
+
+    @property
+    def put_start(self) -> float:
+        return self.encoded_at if self.put_started_at is None else self.put_started_at
 
     @property
     def object_key(self) -> str:
@@ -333,7 +339,7 @@ class WorkItem:
         return [
             ("render", self.key, self.started_at, self.rendered_at),
             ("encode", self.key, self.rendered_at, self.encoded_at),
-            ("put", self.object_key, self.encoded_at, self.stored_at),
+            ("put", self.object_key, self.put_start, self.stored_at),
         ]
 
     @classmethod
@@ -346,6 +352,7 @@ class WorkItem:
             rendered_at=result.rendered_at,
             encoded_at=result.encoded_at,
             stored_at=result.stored_at,
+            put_started_at=result.put_started_at or result.encoded_at,
         )
 
     @classmethod
@@ -358,6 +365,7 @@ class WorkItem:
         stored = float(values["stored_at"])
         rendered = min(started + float(values["render_ms"]) / 1000, stored)
         encoded = min(rendered + float(values["encode_ms"]) / 1000, stored)
+        put_ms = values.get("put_ms")
         return cls(
             worker=str(values["worker"]),
             key=partition,
@@ -366,6 +374,7 @@ class WorkItem:
             rendered_at=rendered,
             encoded_at=encoded,
             stored_at=stored,
+            put_started_at=None if put_ms is None else max(encoded, stored - float(put_ms) / 1000),
         )
 
 
@@ -617,7 +626,7 @@ def batch_summary_markdown(
     for worker, work in workers.items():
         render_ms = sum(item.rendered_at - item.started_at for item in work) * 1000
         encode_ms = sum(item.encoded_at - item.rendered_at for item in work) * 1000
-        put_ms = sum(item.stored_at - item.encoded_at for item in work) * 1000
+        put_ms = sum(item.stored_at - item.put_start for item in work) * 1000
         lines.append(
             f"| `{worker}` | {len(work)} | +{min(i.worker_started_at for i in work) - origin:.3f} s "
             f"| +{work[0].started_at - origin:.3f} s | +{max(i.stored_at for i in work) - origin:.3f} s "

@@ -112,6 +112,29 @@ def test_render_many_renders_each_key_once_between_the_step_and_its_workers(
         assert (tmp_path / "fractals" / f"{key}.png").read_bytes() == render_png(FractalSpec.from_key(key))
 
 
+def test_a_worker_writes_a_chunks_pngs_after_rendering_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local store: a chunk is rendered, then its PNGs written one after another; ``put_ms`` is the
+    write's own time, not the wait for the rest of the chunk. A bad key fails alone."""
+    monkeypatch.setattr(rendering, "default_workers", lambda: 1)  # no renders in this process
+    keys = [spec.key for spec in random_specs(40, seed=10, palette=None, size=256)]
+    keys[5] = "no_such_kind_3"
+    chunks = chunked(keys, 1)
+    assert len(next(chunk for chunk in chunks if "no_such_kind_3" in chunk)) == CHUNK_MAX > 1
+    outcomes = {o.key: o for o in render_many(keys, StoreConfig(local_dir=str(tmp_path)), workers=1) if o}
+    assert isinstance(outcomes["no_such_kind_3"], RenderFailure)
+    for chunk in chunks:
+        results = [outcomes[key] for key in chunk if key != "no_such_kind_3"]
+        assert all(isinstance(r, RenderResult) for r in results)
+        last_encoded = max(r.encoded_at for r in results)  # type: ignore[union-attr]
+        for result in results:
+            assert isinstance(result, RenderResult)
+            assert result.put_started_at >= last_encoded  # written once the whole chunk is rendered
+            assert result.put_ms == pytest.approx((result.stored_at - result.put_started_at) * 1000)
+            assert (tmp_path / "fractals" / f"{result.key}.png").read_bytes() == render_png(
+                FractalSpec.from_key(result.key)
+            )
+
+
 @pytest.mark.s3
 def test_a_worker_uploads_one_png_while_it_renders_the_next(s3_env: dict[str, str]) -> None:
     keys = [spec.key for spec in random_specs(40, seed=9, palette=None, size=512)]
