@@ -480,12 +480,16 @@ def render_lanes(items: Sequence[WorkItem], origin: float) -> list[WorkerLane]:
         stopped = max(item.stored_at for item in work)
 
         events = [TimelineEvent(began - origin, began, worker, RENDER_ROLE, "start")]
+        phases = []
         for item in work:
             for name, subject, start, end in item.phases():
                 duration = round((end - start) * 1000, 3)
-                events.append(
+                phases.append(
                     TimelineEvent(start - origin, start, worker, RENDER_ROLE, name, subject, duration, item.key)
                 )
+        # In time order: a worker's puts can come after later renders (a chunk's PNGs are written
+        # together, or uploaded by store threads).
+        events += sorted(phases, key=lambda event: event.at)
         events.append(TimelineEvent(stopped - origin, stopped, worker, RENDER_ROLE, "stop"))
         lanes.append(
             WorkerLane(

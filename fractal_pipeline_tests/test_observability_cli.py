@@ -327,7 +327,13 @@ def test_empty_or_missing_instance_is_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_busy_counts_and_the_steps_markdown_summary() -> None:
-    from fractal_pipeline.observability import WorkItem, batch_summary_markdown, busy_counts, peak_parallel
+    from fractal_pipeline.observability import (
+        WorkItem,
+        batch_summary_markdown,
+        busy_counts,
+        peak_parallel,
+        render_lanes,
+    )
 
     def item(worker: str, key: str, start: float, end: float) -> WorkItem:
         return WorkItem(worker, key, 100.0, 100 + start, 100 + start + 0.05, 100 + end - 0.01, 100 + end)
@@ -351,6 +357,18 @@ def test_busy_counts_and_the_steps_markdown_summary() -> None:
     # 20 cells of 50 ms: started at 0, idle until 0.1 s, working 0.1..0.5 s
     assert gantt["pid-1"] == "··" + "█" * 8 + " " * 10
     assert gantt["pid-2"] == "····" + "█" * 4 + " " * 12
+
+    # A worker that writes a chunk's PNGs after rendering it: its lane is in time order.
+    chunk = [
+        WorkItem(
+            "pid-3", key, 100.0, 100 + start, 100 + start + 0.04, 100 + start + 0.05, 100.31 + n / 100, 100.3 + n / 100
+        )
+        for n, (key, start) in enumerate([("dragon_12", 0.1), ("levy_c_10", 0.15), ("moore_3", 0.2)])
+    ]
+    (lane,) = render_lanes(chunk, origin=100.0)
+    assert [event.event for event in lane.events] == ["start"] + ["render", "encode"] * 3 + ["put"] * 3 + ["stop"]
+    assert [event.t for event in lane.events] == sorted(event.t for event in lane.events)
+    assert [event.duration_ms for event in lane.events if event.event == "put"] == pytest.approx([10.0] * 3)
 
     # A worker stores one PNG while it renders the next: its spans overlap, and it counts once.
     pipelined = [*items, item("pid-2", "hilberts_5", 0.35, 0.6)]
