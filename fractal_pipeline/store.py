@@ -10,6 +10,7 @@ path or a bucket: ``fractals/<spec key>.png`` and ``collages/<name>.png``.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tempfile
@@ -155,14 +156,14 @@ class LocalStore(FractalStore):
 
     def put(self, key: str, data: bytes) -> str:
         path = self._path(key)
-        # The folder is made on the first write into it (checking first costs two system calls a PNG).
         # The writer's pid in the temp name lets an interrupted batch clean up after its workers.
+        temp_file = functools.partial(tempfile.mkstemp, dir=path.parent, prefix=f".tmp-{os.getpid()}-", suffix=".part")
         try:
             try:
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{os.getpid()}-", suffix=".part")
-            except FileNotFoundError:
+                fd, tmp = temp_file()
+            except FileNotFoundError:  # the folder is made on the first write into it, not checked for each PNG
                 path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{os.getpid()}-", suffix=".part")
+                fd, tmp = temp_file()
         except (FileExistsError, NotADirectoryError) as exc:
             raise StoreError(f"key: {key!r} lies under an existing object in {self.root}; use another key") from exc
         try:
