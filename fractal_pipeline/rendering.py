@@ -25,8 +25,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from PIL import Image
-
 from fractal_pipeline.fractals import (
     FractalSpec,
     InvalidSpec,
@@ -124,24 +122,35 @@ def is_transient(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class RenderedSpec:
-    """A spec rendered and encoded, not yet stored: what :func:`store_rendered` takes."""
+    """A spec rendered and encoded, not yet stored: what :func:`store_rendered` takes.
+
+    Small to pickle (the PNG and the thumbnail as bytes): a worker hands it to the
+    step's process when that process stores the PNGs (see :func:`_work`).
+    """
 
     spec: FractalSpec
     png: bytes = field(repr=False)
-    thumbnail: Image.Image = field(repr=False)
+    thumbnail_png: bytes = field(repr=False)
     started_at: float
     rendered_at: float
     encoded_at: float
+    #: The process that rendered it and when that started ("" and 0: the one that stores it).
+    worker: str = ""
+    worker_started_at: float = 0.0
 
 
-def render_spec(key: str) -> RenderedSpec:
-    """Render and encode the spec with this key (and its thumbnail), timing each phase."""
+def render_spec(key: str, worker: str = "", worker_started_at: float = 0.0) -> RenderedSpec:
+    """Render and encode the spec with this key (and its thumbnail), timing each phase.
+
+    ``worker`` and ``worker_started_at`` name the rendering process when another stores the PNG.
+    """
     spec = FractalSpec.from_key(key)
     started = time.time()
     image, thumbnail = render_with_preview(spec, THUMBNAIL_PX)
     rendered = time.time()
     data = encode_png(image, spec)
-    return RenderedSpec(spec, data, thumbnail, started, rendered, time.time())
+    encoded = time.time()
+    return RenderedSpec(spec, data, indexed_png(thumbnail), started, rendered, encoded, worker, worker_started_at)
 
 
 def store_rendered(
@@ -149,25 +158,28 @@ def store_rendered(
 ) -> RenderResult:
     """Store a rendered spec's PNG and report where it went and the timings.
 
-    ``worker_started_at`` is when the calling worker started (default: when the render started).
+    ``worker`` and ``worker_started_at`` name the process that rendered it and when that
+    started; by default the ones the spec carries, else this process and the render's start.
     """
     object_key = image_key(rendered.spec.key)
     put_started = time.time()
     location = store.put(object_key, rendered.png)
     stored = time.time()
+    if worker_started_at is None:
+        worker_started_at = rendered.worker_started_at or rendered.started_at
     return RenderResult(
         key=rendered.spec.key,
         object_key=object_key,
         location=location,
         segments=rendered.spec.segments,
         png_bytes=len(rendered.png),
-        worker=worker or f"pid-{os.getpid()}",
+        worker=worker or rendered.worker or f"pid-{os.getpid()}",
         started_at=rendered.started_at,
         rendered_at=rendered.rendered_at,
         encoded_at=rendered.encoded_at,
         stored_at=stored,
-        thumbnail_png=indexed_png(rendered.thumbnail),
-        worker_started_at=worker_started_at if worker_started_at is not None else rendered.started_at,
+        thumbnail_png=rendered.thumbnail_png,
+        worker_started_at=worker_started_at,
         put_started_at=put_started,
     )
 
@@ -188,6 +200,8 @@ def _failure(key: str, exc: BaseException) -> RenderFailure:
 
 _worker_store: FractalStore | None = None
 _worker_started_at: float | None = None
+#: Set in a worker whose PNGs the step's own process stores (see :func:`_work`).
+_step_stores: bool = False
 
 
 def process_started_at() -> float:
@@ -211,16 +225,18 @@ STORE_THREADS = 4
 _worker_io: ThreadPoolExecutor | None = None
 
 
-def _init_worker(config: StoreConfig, ready: Any) -> None:
-    global _worker_store, _worker_started_at, _worker_io
+def _init_worker(config: StoreConfig, ready: Any, step_stores: bool = False) -> None:
+    global _worker_store, _worker_started_at, _worker_io, _step_stores
     # Ctrl-C reaches the whole process group: the parent decides when workers stop
     # (and stops them promptly), so a worker must not swallow it mid-task and carry on.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     tune_allocator()  # a worker renders many specs: reuse freed buffers (see fractals.allocator)
     _worker_started_at = process_started_at()
-    _worker_store = config.open()
-    if not isinstance(_worker_store, LocalStore):
-        _worker_io = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
+    _step_stores = step_stores
+    if not step_stores:
+        _worker_store = config.open()
+        if not isinstance(_worker_store, LocalStore):
+            _worker_io = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
     ready.set()
 
 
@@ -229,9 +245,17 @@ def _store_in_worker(rendered: RenderedSpec) -> RenderResult:
     return store_rendered(rendered, _worker_store, worker_started_at=_worker_started_at)
 
 
-def _work(keys: list[str]) -> list[RenderResult | RenderFailure]:
-    """Render and store ``keys``; returns when every PNG of the chunk is stored (or failed), so its
-    results all describe stored objects.
+#: What a worker reports for one spec (see :func:`_work`).
+WorkOutcome = RenderResult | RenderedSpec | RenderFailure
+
+
+def _work(keys: list[str]) -> list[WorkOutcome]:
+    """Render ``keys`` and store their PNGs, or hand them back for the step's process to store.
+
+    Returns when every PNG of the chunk is stored (or failed), so its results
+    all describe stored objects; or, in a worker whose step stores the PNGs (a
+    local store with a CPU to spare: :func:`render_many`), when the chunk is
+    rendered, as :class:`RenderedSpec` s.
 
     With a remote store, a PNG is uploaded by a store thread while the next spec
     renders. With a local one the chunk is rendered first and its PNGs written
@@ -241,14 +265,17 @@ def _work(keys: list[str]) -> list[RenderResult | RenderFailure]:
     measured A/B. A thread would not help there: a local write is ~0.1-1 ms of
     CPU, less than a thread costs the render in contention for the GIL.
     """
+    worker = f"pid-{os.getpid()}"
     pending: list[Future[RenderResult] | RenderedSpec | RenderFailure] = []
     for key in keys:
         try:
-            rendered = render_spec(key)
+            rendered = render_spec(key, worker, _worker_started_at or 0.0)
             pending.append(rendered if _worker_io is None else _worker_io.submit(_store_in_worker, rendered))
         except Exception as exc:  # one bad spec must not stop the others
             pending.append(_failure(key, exc))
-    outcomes: list[RenderResult | RenderFailure] = []
+    if _step_stores:
+        return [item for item in pending if not isinstance(item, Future)]
+    outcomes: list[WorkOutcome] = []
     for key, item in zip(keys, pending, strict=True):
         try:
             if isinstance(item, Future):
@@ -260,6 +287,20 @@ def _work(keys: list[str]) -> list[RenderResult | RenderFailure]:
         except Exception as exc:
             outcomes.append(_failure(key, exc))
     return outcomes
+
+
+def _store_here(
+    outcomes: list[WorkOutcome], store: Callable[[], FractalStore]
+) -> Iterator[RenderResult | RenderFailure]:
+    """A worker's outcomes, with the PNGs it handed back stored by this process."""
+    for outcome in outcomes:
+        if not isinstance(outcome, RenderedSpec):
+            yield outcome
+            continue
+        try:
+            yield store_rendered(outcome, store())
+        except Exception as exc:  # as in a worker: reported, the batch goes on
+            yield _failure(outcome.spec.key, exc)
 
 
 def _terminate_workers(executor: ProcessPoolExecutor, store_config: StoreConfig, grace_s: float = 2.0) -> None:
@@ -327,7 +368,7 @@ def _small(key: str) -> bool:
 
 
 def _render_while_workers_start(
-    futures: dict[Future[list[RenderResult | RenderFailure]], list[str]],
+    futures: dict[Future[list[WorkOutcome]], list[str]],
     ready: Any,
     store_config: StoreConfig,
     should_stop: Callable[[], bool] | None,
@@ -436,9 +477,15 @@ def _render_batches(
     while pending:
         retry: list[str] = []
         size = min(workers, len(pending))
+        # A CPU the workers leave free does the step's share of the work: it renders small specs
+        # while the workers start, and with a local store it writes their PNGs (a new file costs
+        # this process ~0.1-1 ms of kernel CPU that would otherwise stall a worker between renders).
+        spare_cpu = size < default_workers()
+        step_stores = spare_cpu and not store_config.bucket
+        step_store = functools.cache(store_config.open)  # opened on the first PNG this process stores
         ready = context.Event()  # set by the first worker to be ready
         executor = ProcessPoolExecutor(
-            size, mp_context=context, initializer=_init_worker, initargs=(store_config, ready)
+            size, mp_context=context, initializer=_init_worker, initargs=(store_config, ready, step_stores)
         )
         interrupted = broken = False
         # If this process exits without closing the generator (an interrupted Dagster step, itself a
@@ -451,11 +498,11 @@ def _render_batches(
         try:
             with _workers_skip_parent_main():  # workers start on submit
                 futures = {executor.submit(_work, chunk): chunk for chunk in chunked(pending, size)}
-            if size < default_workers():  # a core is free while the workers start: use it
+            if spare_cpu:
                 yield from _render_while_workers_start(futures, ready, store_config, should_stop)
             # Completed futures arrive on a queue (one callback each): waiting on the set of pending
             # futures instead costs O(pending) per result, quadratic for a batch of thousands.
-            finished: queue.SimpleQueue[Future[list[RenderResult | RenderFailure]]] = queue.SimpleQueue()
+            finished: queue.SimpleQueue[Future[list[WorkOutcome]]] = queue.SimpleQueue()
             for future in futures:
                 future.add_done_callback(finished.put)
             for _ in range(len(futures)):
@@ -470,7 +517,7 @@ def _render_batches(
                             return
                 chunk = futures[future]
                 try:
-                    yield from future.result()
+                    outcomes = future.result()
                 except BrokenProcessPool:
                     broken = True
                     for key in chunk:
@@ -482,6 +529,8 @@ def _render_batches(
                 except Exception as exc:  # the chunk never ran (e.g. could not be sent): its specs failed
                     for key in chunk:
                         yield _failure(key, exc)
+                else:
+                    yield from _store_here(outcomes, step_store)
                 if should_stop is not None and should_stop():
                     return
         except BaseException:

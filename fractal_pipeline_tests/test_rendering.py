@@ -1,4 +1,5 @@
-"""render_many's scheduling: the step's own process renders while its workers start."""
+"""render_many's scheduling: the step's own process renders while its workers start, and writes
+their local PNGs when a CPU is free."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from fractal_pipeline.rendering import (
     PARENT_MAX_SEGMENTS,
     RenderFailure,
     RenderResult,
+    WorkOutcome,
     _render_while_workers_start,
     chunked,
     render_many,
 )
-from fractal_pipeline.store import StoreConfig
+from fractal_pipeline.store import LocalStore, StoreConfig, StoreError, image_key
 
 from .conftest import s3_client
 
@@ -37,7 +39,7 @@ class ReadyAfter:
         return self.looks > self.checks
 
 
-def _futures(*chunks: list[str]) -> dict[Future[list[RenderResult | RenderFailure]], list[str]]:
+def _futures(*chunks: list[str]) -> dict[Future[list[WorkOutcome]], list[str]]:
     return {Future(): chunk for chunk in chunks}
 
 
@@ -133,6 +135,62 @@ def test_a_worker_writes_a_chunks_pngs_after_rendering_it(tmp_path: Path, monkey
             assert (tmp_path / "fractals" / f"{result.key}.png").read_bytes() == render_png(
                 FractalSpec.from_key(result.key)
             )
+
+
+@pytest.mark.parametrize(("cpus", "step_writes"), [(2, True), (1, False)])
+def test_with_a_cpu_to_spare_the_step_writes_its_workers_local_pngs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpus: int, step_writes: bool
+) -> None:
+    """One worker on two CPUs: the worker only renders, this process writes every PNG (a spawned
+    worker does not see this test's patch of ``LocalStore.put``). A worker per CPU writes its own."""
+    monkeypatch.setattr(rendering, "default_workers", lambda: cpus)
+    monkeypatch.setattr(rendering, "PARENT_MAX_SEGMENTS", -1)  # the worker renders every spec
+    written_here: list[str] = []
+    real_put = LocalStore.put
+
+    def put(self: LocalStore, key: str, data: bytes) -> str:
+        written_here.append(key)
+        return real_put(self, key, data)
+
+    monkeypatch.setattr(LocalStore, "put", put)
+    keys = [spec.key for spec in random_specs(30, seed=11, palette=None, size=256)]
+    outcomes = list(render_many(keys, StoreConfig(local_dir=str(tmp_path)), workers=1))
+    assert all(isinstance(o, RenderResult) for o in outcomes) and sorted(o.key for o in outcomes) == sorted(keys)
+    from_worker = [o for o in outcomes if isinstance(o, RenderResult) and o.worker != f"pid-{os.getpid()}"]
+    assert len(from_worker) == len(keys)
+    worker_keys = {image_key(o.key) for o in from_worker}
+    assert worker_keys <= set(written_here) if step_writes else not worker_keys & set(written_here)
+    for result in from_worker:
+        assert result.worker_started_at < result.started_at <= result.encoded_at <= result.put_started_at
+        assert result.put_started_at <= result.stored_at
+        assert (tmp_path / "fractals" / f"{result.key}.png").read_bytes() == render_png(
+            FractalSpec.from_key(result.key)
+        )
+
+
+def test_a_png_the_step_cannot_write_is_a_failure_and_the_rest_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rendering, "default_workers", lambda: 2)
+    monkeypatch.setattr(rendering, "PARENT_MAX_SEGMENTS", -1)  # the worker renders every spec
+    keys = [spec.key for spec in random_specs(20, seed=12, palette=None, size=128)]
+    real_put = LocalStore.put
+
+    def put(self: LocalStore, key: str, data: bytes) -> str:
+        if key == image_key(keys[0]):
+            raise StoreError(f"key: {key!r} is a folder in {self.root}; use another key")
+        return real_put(self, key, data)
+
+    monkeypatch.setattr(LocalStore, "put", put)
+    outcomes = {o.key: o for o in render_many(keys, StoreConfig(local_dir=str(tmp_path)), workers=1) if o}
+    assert isinstance(outcomes[keys[0]], RenderFailure)
+    assert "is a folder" in outcomes[keys[0]].error and not outcomes[keys[0]].transient
+    assert all(isinstance(outcomes[key], RenderResult) for key in keys[1:])
+    assert {outcome.worker for outcome in outcomes.values() if isinstance(outcome, RenderResult)} != {
+        f"pid-{os.getpid()}"
+    }
+    assert not (tmp_path / "fractals" / f"{keys[0]}.png").exists()
+    assert not list((tmp_path / "fractals").glob(".tmp-*"))
 
 
 @pytest.mark.s3
