@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -164,6 +165,8 @@ def run(
 
     from fractal_pipeline.assets import PARTITIONS_NAME
     from fractal_pipeline.definitions import build_definitions
+    from fractal_pipeline.rendering import workers_started_early
+    from fractal_pipeline.resources import RenderBackendResource
     from fractal_pipeline.store import collage_key, image_key, store_config_from_env
 
     try:
@@ -176,37 +179,43 @@ def run(
     specs_config: dict[str, Any] = {"count": count, "seed": seed, "kinds": kind_list, "size": size}
     specs_config["palette"] = None if palette == "random" else palette
     started = time.monotonic()
-    result = job.execute_in_process(
-        instance=instance,
-        asset_selection=[dg.AssetKey("fractal_specs")],
-        run_config=_quiet({"ops": {"fractal_specs": {"config": specs_config}}}),
-        tags=tags,
-        raise_on_error=False,
-    )
-    if not result.success:
-        raise fail(run_failure_message(result))
-    specs: list[FractalSpec] = result.output_for_node("fractal_specs")
-    materialization = result.asset_materializations_for_node("fractal_specs")[0]
-    used_seed = materialization.metadata["seed"].value
-    err.print(f"{len(specs)} specs (seed {used_seed}); run {result.run_id[:8]}")
-
-    keys = [spec.key for spec in specs]
-    order = list(instance.get_dynamic_partitions(PARTITIONS_NAME))
-    failures: list[str] = []
-    for first, last in contiguous_blocks(keys, order):
-        total = range_size(first, last, order)
-        images = _execute_with_progress(
-            job,
-            instance,
-            total,
-            "rendering",
-            asset_selection=[dg.AssetKey("fractal_images")],
-            tags={**tags, ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
-            run_config=_quiet({"ops": {"fractal_images": {"config": {"workers": workers}}}}),
+    with ExitStack() as early:
+        renderer = (defs.resources or {}).get("renderer")
+        if isinstance(renderer, RenderBackendResource) and renderer.backend == "local":
+            # The images run's render workers start now, while Dagster runs fractal_specs and creates the
+            # images run on one CPU, instead of after it, when the images step starts (~0.2 s).
+            early.enter_context(workers_started_early(store_config_from_env(), workers or renderer.workers or None))
+        result = job.execute_in_process(
+            instance=instance,
+            asset_selection=[dg.AssetKey("fractal_specs")],
+            run_config=_quiet({"ops": {"fractal_specs": {"config": specs_config}}}),
+            tags=tags,
+            raise_on_error=False,
         )
-        err.print(f"images run {images.run_id[:8]}: {'success' if images.success else 'FAILED'}")
-        if not images.success:
-            failures.append(run_failure_message(images))
+        if not result.success:
+            raise fail(run_failure_message(result))
+        specs: list[FractalSpec] = result.output_for_node("fractal_specs")
+        materialization = result.asset_materializations_for_node("fractal_specs")[0]
+        used_seed = materialization.metadata["seed"].value
+        err.print(f"{len(specs)} specs (seed {used_seed}); run {result.run_id[:8]}")
+
+        keys = [spec.key for spec in specs]
+        order = list(instance.get_dynamic_partitions(PARTITIONS_NAME))
+        failures: list[str] = []
+        for first, last in contiguous_blocks(keys, order):
+            total = range_size(first, last, order)
+            images = _execute_with_progress(
+                job,
+                instance,
+                total,
+                "rendering",
+                asset_selection=[dg.AssetKey("fractal_images")],
+                tags={**tags, ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
+                run_config=_quiet({"ops": {"fractal_images": {"config": {"workers": workers}}}}),
+            )
+            err.print(f"images run {images.run_id[:8]}: {'success' if images.success else 'FAILED'}")
+            if not images.success:
+                failures.append(run_failure_message(images))
     store_where = store_config_from_env().description
     for key in keys:
         console.print(image_key(key), highlight=False)

@@ -16,6 +16,7 @@ import os
 import queue
 import signal
 import sys
+import threading
 import time
 import types
 from collections.abc import Callable, Iterable, Iterator
@@ -453,53 +454,129 @@ def render_many(
     """
     pending = list(dict.fromkeys(keys))
     workers = max(1, workers or default_workers())
-    context = multiprocessing.get_context("spawn")
     # A Dagster step's process holds ~300k long-lived objects: a full garbage collection walks
     # them all (~0.1 s with the GIL held), and meanwhile nothing feeds the workers their next
     # task. Frozen, they are skipped; what the batch itself allocates is still collected.
     gc.freeze()
     try:
-        yield from _render_batches(pending, store_config, workers, context, max_attempts, should_stop, heartbeat_s)
+        yield from _render_batches(pending, store_config, workers, max_attempts, should_stop, heartbeat_s)
     finally:
         gc.unfreeze()
+
+
+@dataclass
+class _Pool:
+    """A pool of render workers and how it was set up."""
+
+    executor: ProcessPoolExecutor
+    ready: Any  # a multiprocessing Event, set by the first worker to be ready
+    size: int
+    store_config: StoreConfig
+    #: Fewer workers than CPUs: the step's process renders while they start and, with a local
+    #: store, writes their PNGs (a new file costs ~0.1-1 ms of kernel CPU that would otherwise
+    #: stall a worker between renders).
+    spare_cpu: bool
+    stop_at_exit: Any
+
+    def stop(self) -> None:
+        """Stop the workers now (they may be busy) and clean up after them."""
+        self.stop_at_exit.cancel()
+        _terminate_workers(self.executor, self.store_config)
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _start_pool(store_config: StoreConfig, size: int) -> _Pool:
+    """A pool of ``size`` spawned render workers; they start on the first ``submit``."""
+    context = multiprocessing.get_context("spawn")
+    spare_cpu = size < default_workers()
+    ready = context.Event()
+    step_stores = spare_cpu and not store_config.bucket
+    executor = ProcessPoolExecutor(
+        size, mp_context=context, initializer=_init_worker, initargs=(store_config, ready, step_stores)
+    )
+    # If this process exits without closing the generator (an interrupted Dagster step, itself a
+    # multiprocessing child, can), stop the workers first: multiprocessing's exit hook runs
+    # finalizers with an exit priority before it joins children, and would otherwise wait
+    # forever for idle workers.
+    stop_at_exit = multiprocessing.util.Finalize(
+        executor, functools.partial(_terminate_workers, executor, store_config), exitpriority=10
+    )
+    return _Pool(executor, ready, size, store_config, spare_cpu, stop_at_exit)
+
+
+_early_pool: _Pool | None = None
+_early_lock = threading.Lock()
+
+
+@contextmanager
+def workers_started_early(store_config: StoreConfig, workers: int | None = None) -> Iterator[None]:
+    """Start the render workers of the next batch now, for :func:`render_many` to use.
+
+    A spawned worker takes ~0.2 s to start (a fresh interpreter importing numpy
+    and Pillow). A caller that knows a batch is coming, as ``fractal-pipeline run``
+    does before Dagster creates the images run, starts them here: they start
+    while Dagster creates and starts the run, which keeps one CPU busy and leaves
+    the others idle. The first :func:`render_many` in this process, in the
+    block, that stores into the same place with at most ``workers`` workers
+    (default: one per CPU) takes them over; if none does, they are stopped when
+    the block ends.
+    """
+    global _early_pool
+    pool = _start_pool(store_config, max(1, workers or default_workers()))
+    with _workers_skip_parent_main():  # the workers start on submit: one no-op task each
+        for _ in range(pool.size):
+            pool.executor.submit(int)
+    with _early_lock:
+        previous, _early_pool = _early_pool, pool
+    if previous is not None:
+        previous.stop()
+    try:
+        yield
+    finally:
+        with _early_lock:
+            unused = _early_pool is pool
+            if unused:
+                _early_pool = None
+        if unused:
+            pool.stop()
+
+
+def _take_early_pool(store_config: StoreConfig, workers: int, size: int) -> _Pool | None:
+    """The pool :func:`workers_started_early` started, if it stores into the same place and has
+    between ``size`` (the batch's need) and ``workers`` (the most asked for) workers."""
+    global _early_pool
+    with _early_lock:
+        pool = _early_pool
+        if pool is None or not size <= pool.size <= workers:
+            return None
+        if pool.store_config.description != store_config.description:
+            return None
+        _early_pool = None
+        return pool
 
 
 def _render_batches(
     pending: list[str],
     store_config: StoreConfig,
     workers: int,
-    context: Any,
     max_attempts: int,
     should_stop: Callable[[], bool] | None,
     heartbeat_s: float | None,
 ) -> Iterator[RenderResult | RenderFailure | None]:
     attempts: dict[str, int] = {}
+    pool = _take_early_pool(store_config, workers, min(workers, len(pending)))
     while pending:
         retry: list[str] = []
         size = min(workers, len(pending))
-        # A CPU the workers leave free does the step's share of the work: it renders small specs
-        # while the workers start, and with a local store it writes their PNGs (a new file costs
-        # this process ~0.1-1 ms of kernel CPU that would otherwise stall a worker between renders).
-        spare_cpu = size < default_workers()
-        step_stores = spare_cpu and not store_config.bucket
+        pool = pool or _start_pool(store_config, size)
+        executor = pool.executor
         step_store = functools.cache(store_config.open)  # opened on the first PNG this process stores
-        ready = context.Event()  # set by the first worker to be ready
-        executor = ProcessPoolExecutor(
-            size, mp_context=context, initializer=_init_worker, initargs=(store_config, ready, step_stores)
-        )
         interrupted = broken = False
-        # If this process exits without closing the generator (an interrupted Dagster step, itself a
-        # multiprocessing child, can), stop the workers first: multiprocessing's exit hook runs
-        # finalizers with an exit priority before it joins children, and would otherwise wait
-        # forever for idle workers.
-        stop_at_exit = multiprocessing.util.Finalize(
-            executor, functools.partial(_terminate_workers, executor, store_config), exitpriority=10
-        )
         try:
             with _workers_skip_parent_main():  # workers start on submit
                 futures = {executor.submit(_work, chunk): chunk for chunk in chunked(pending, size)}
-            if spare_cpu:
-                yield from _render_while_workers_start(futures, ready, store_config, should_stop)
+            if pool.spare_cpu:
+                yield from _render_while_workers_start(futures, pool.ready, store_config, should_stop)
             # Completed futures arrive on a queue (one callback each): waiting on the set of pending
             # futures instead costs O(pending) per result, quadratic for a batch of thousands.
             finished: queue.SimpleQueue[Future[list[WorkOutcome]]] = queue.SimpleQueue()
@@ -539,10 +616,10 @@ def _render_batches(
             _terminate_workers(executor, store_config)
             raise
         finally:
-            stop_at_exit.cancel()
+            pool.stop_at_exit.cancel()
             if not interrupted:
                 pids = {process.pid for process in _worker_processes(executor) if process.pid is not None}
                 executor.shutdown(wait=True, cancel_futures=True)
                 if broken:  # a killed worker may have left a half-written temp file
                     _remove_partials(store_config, pids)
-        pending = retry
+        pending, pool = retry, None

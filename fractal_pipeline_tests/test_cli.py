@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance
+from dagster import AssetKey, DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 from PIL import Image
 
@@ -69,6 +69,17 @@ def test_fractal_pipeline_run_prints_stored_keys(tmp_path: Path) -> None:
         assert (folder / key).is_file()
     assert (folder / "collages" / "fractal_collage.png").is_file()
     assert "seed 8" in run.stderr
+    # The render workers were started with the command, before Dagster created the images run.
+    with DagsterInstance.from_ref(InstanceRef.from_dir(env["DAGSTER_HOME"])) as instance:
+        records = instance.fetch_materializations(AssetKey("fractal_images"), limit=10).records
+        assert len(records) == 4
+        run_record = instance.get_run_record_by_id(records[0].run_id)
+        assert run_record is not None and run_record.create_timestamp is not None
+        created = run_record.create_timestamp.timestamp()
+        for record in records:
+            materialization = record.asset_materialization
+            assert materialization is not None
+            assert float(materialization.metadata["worker_started_at"].value) < created
 
 
 @pytest.mark.parametrize(

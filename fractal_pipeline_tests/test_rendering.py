@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from fractal_pipeline.rendering import (
     _render_while_workers_start,
     chunked,
     render_many,
+    workers_started_early,
 )
 from fractal_pipeline.store import LocalStore, StoreConfig, StoreError, image_key
 
@@ -212,3 +214,47 @@ def test_a_worker_uploads_one_png_while_it_renders_the_next(s3_env: dict[str, st
     for key in keys:
         stored = client.get_object(Bucket=s3_env["FRACTALS_BUCKET"], Key=f"fractals/{key}.png")["Body"].read()
         assert stored == render_png(FractalSpec.from_key(key))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_workers_started_early_render_the_next_batch_into_the_same_store(tmp_path: Path) -> None:
+    config = StoreConfig(local_dir=str(tmp_path))
+    keys = [spec.key for spec in random_specs(12, seed=13, palette=None, size=128)]
+    with workers_started_early(config, workers=2):
+        pool = rendering._early_pool
+        assert pool is not None and pool.size == 2
+        time.sleep(0.5)  # Dagster creating the run
+        early_pids = {f"pid-{process.pid}" for process in rendering._worker_processes(pool.executor)}
+        called = time.time()
+        outcomes = list(render_many(keys, config, workers=2))
+        assert rendering._early_pool is None  # taken over, not left for a second batch
+    assert all(isinstance(o, RenderResult) for o in outcomes) and sorted(o.key for o in outcomes) == sorted(keys)
+    workers = {o.worker for o in outcomes if isinstance(o, RenderResult)}
+    assert workers <= early_pids and len(early_pids) == 2
+    assert all(o.worker_started_at < called - 0.2 for o in outcomes if isinstance(o, RenderResult))
+    assert not any(_alive(int(pid.removeprefix("pid-"))) for pid in early_pids)  # stopped with the batch
+
+
+@pytest.mark.parametrize("other", ["store", "fewer workers"])
+def test_workers_started_early_for_another_batch_are_stopped_unused(tmp_path: Path, other: str) -> None:
+    config = StoreConfig(local_dir=str(tmp_path / "a"))
+    batch_config = StoreConfig(local_dir=str(tmp_path / "b")) if other == "store" else config
+    keys = [spec.key for spec in random_specs(6, seed=14, palette=None, size=128)]
+    with workers_started_early(config, workers=2):
+        pool = rendering._early_pool
+        assert pool is not None
+        time.sleep(0.3)
+        early_pids = {process.pid for process in rendering._worker_processes(pool.executor)}
+        outcomes = list(render_many(keys, batch_config, workers=2 if other == "store" else 1))
+        assert rendering._early_pool is pool
+    assert {o.worker for o in outcomes if isinstance(o, RenderResult)}.isdisjoint({f"pid-{p}" for p in early_pids})
+    assert all((Path(batch_config.local_dir or "") / "fractals" / f"{key}.png").is_file() for key in keys)
+    assert rendering._early_pool is None
+    assert early_pids and not any(_alive(pid) for pid in early_pids)
