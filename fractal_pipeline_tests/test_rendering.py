@@ -3,6 +3,8 @@ their local PNGs when a CPU is free."""
 
 from __future__ import annotations
 
+import fcntl
+import io
 import itertools
 import os
 import time
@@ -10,9 +12,10 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from fractal_pipeline import rendering
-from fractal_pipeline.fractals import FractalSpec, random_specs, render_png
+from fractal_pipeline.fractals import FractalSpec, preview, random_specs, render_indexed, render_png
 from fractal_pipeline.rendering import (
     CHUNK_MAX,
     PARENT_MAX_SEGMENTS,
@@ -165,9 +168,26 @@ def test_with_a_cpu_to_spare_the_step_writes_its_workers_local_pngs(
     for result in from_worker:
         assert result.worker_started_at < result.started_at <= result.encoded_at <= result.put_started_at
         assert result.put_started_at <= result.stored_at
-        assert (tmp_path / "fractals" / f"{result.key}.png").read_bytes() == render_png(
-            FractalSpec.from_key(result.key)
-        )
+        spec = FractalSpec.from_key(result.key)
+        assert (tmp_path / "fractals" / f"{result.key}.png").read_bytes() == render_png(spec)
+        with Image.open(io.BytesIO(result.thumbnail_png)) as thumbnail:  # encoded where the PNG was written
+            expected = preview(render_indexed(spec), rendering.THUMBNAIL_PX)
+            assert thumbnail.size == expected.size and thumbnail.tobytes() == expected.tobytes()
+
+
+def test_workers_handing_png_chunks_to_the_step_get_a_pipe_that_holds_a_chunk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rendering, "default_workers", lambda: 2)
+    for workers, step_stores in [(1, True), (2, False)]:
+        pool = rendering._start_pool(StoreConfig(local_dir=str(tmp_path)), workers)
+        try:
+            reader = pool.executor._result_queue._reader  # type: ignore[attr-defined]
+            capacity = fcntl.fcntl(reader.fileno(), fcntl.F_GETPIPE_SZ)
+            chunk = rendering.CHUNK_MAX * 64 * 1024  # 8 PNGs of a 1024 px spec, with room to spare
+            assert (capacity >= chunk) == step_stores, capacity
+        finally:
+            pool.stop()
 
 
 def test_a_png_the_step_cannot_write_is_a_failure_and_the_rest_go_on(
@@ -224,6 +244,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _all_exit(pids: set[int], within_s: float = 5.0) -> bool:
+    """The processes end within ``within_s`` (a batch's workers exit in the background once it is done)."""
+    deadline = time.monotonic() + within_s
+    while any(_alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def test_workers_started_early_render_the_next_batch_into_the_same_store(tmp_path: Path) -> None:
     config = StoreConfig(local_dir=str(tmp_path))
     keys = [spec.key for spec in random_specs(12, seed=13, palette=None, size=128)]
@@ -239,7 +269,7 @@ def test_workers_started_early_render_the_next_batch_into_the_same_store(tmp_pat
     workers = {o.worker for o in outcomes if isinstance(o, RenderResult)}
     assert workers <= early_pids and len(early_pids) == 2
     assert all(o.worker_started_at < called - 0.2 for o in outcomes if isinstance(o, RenderResult))
-    assert not any(_alive(int(pid.removeprefix("pid-"))) for pid in early_pids)  # stopped with the batch
+    assert _all_exit({int(pid.removeprefix("pid-")) for pid in early_pids})  # stopped with the batch
 
 
 @pytest.mark.parametrize("other", ["store", "fewer workers"])
@@ -257,4 +287,4 @@ def test_workers_started_early_for_another_batch_are_stopped_unused(tmp_path: Pa
     assert {o.worker for o in outcomes if isinstance(o, RenderResult)}.isdisjoint({f"pid-{p}" for p in early_pids})
     assert all((Path(batch_config.local_dir or "") / "fractals" / f"{key}.png").is_file() for key in keys)
     assert rendering._early_pool is None
-    assert early_pids and not any(_alive(pid) for pid in early_pids)
+    assert early_pids and not any(_alive(pid) for pid in early_pids)  # stopped when the block ends
