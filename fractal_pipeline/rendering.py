@@ -343,23 +343,34 @@ def _remove_partials(store_config: StoreConfig, pids: set[int]) -> None:
         store.remove_partials(pids)
 
 
+#: Thread pools a worker does not need: the core makes no BLAS calls, and numpy's OpenBLAS starting a
+#: thread per CPU costs each spawned worker ~80 ms of CPU (0.24 -> 0.16 s to start, measured).
+WORKER_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 @contextmanager
-def _workers_skip_parent_main() -> Iterator[None]:
-    """Start spawn workers without re-running the parent's ``__main__``.
+def _spawning_workers() -> Iterator[None]:
+    """Start spawn workers without re-running the parent's ``__main__`` and without BLAS threads.
 
     A spawned worker normally re-imports the parent's main module: under the
     ``dagster`` or ``fractal-pipeline`` console scripts that is the whole
     Dagster CLI, seconds of start-up per worker for nothing. Workers only
     need this module, so while they are started ``__main__`` is a bare stub.
+    They inherit :data:`WORKER_ENVIRONMENT` (where the user has not set
+    those variables); this process's own environment is restored after.
     """
     real_main = sys.modules["__main__"]
     stub = types.ModuleType("__main__")
     stub.__spec__ = None
     sys.modules["__main__"] = stub
+    added = [name for name in WORKER_ENVIRONMENT if name not in os.environ]
+    os.environ.update({name: WORKER_ENVIRONMENT[name] for name in added})
     try:
         yield
     finally:
         sys.modules["__main__"] = real_main
+        for name in added:
+            os.environ.pop(name, None)
 
 
 #: Specs the step's own process may render while its workers start: small enough (~50 ms at most)
@@ -549,7 +560,7 @@ def workers_started_early(store_config: StoreConfig, workers: int | None = None)
     """
     global _early_pool
     pool = _start_pool(store_config, max(1, workers or default_workers()))
-    with _workers_skip_parent_main():  # the workers start on submit: one no-op task each
+    with _spawning_workers():  # the workers start on submit: one no-op task each
         for _ in range(pool.size):
             pool.executor.submit(int)
     with _early_lock:
@@ -599,7 +610,7 @@ def _render_batches(
         step_store = functools.cache(store_config.open)  # opened on the first PNG this process stores
         interrupted = broken = completed = False
         try:
-            with _workers_skip_parent_main():  # workers start on submit
+            with _spawning_workers():  # workers start on submit
                 futures = {executor.submit(_work, chunk): chunk for chunk in chunked(pending, size)}
             if pool.spare_cpu:
                 yield from _render_while_workers_start(futures, pool.ready, store_config, should_stop)

@@ -288,3 +288,21 @@ def test_workers_started_early_for_another_batch_are_stopped_unused(tmp_path: Pa
     assert all((Path(batch_config.local_dir or "") / "fractals" / f"{key}.png").is_file() for key in keys)
     assert rendering._early_pool is None
     assert early_pids and not any(_alive(pid) for pid in early_pids)  # stopped when the block ends
+
+
+@pytest.mark.parametrize("user_setting", [None, "3"])
+def test_workers_start_without_blas_threads_unless_the_user_set_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user_setting: str | None
+) -> None:
+    if user_setting is None:
+        monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", user_setting)
+    pool = rendering._start_pool(StoreConfig(local_dir=str(tmp_path)), 1)
+    try:
+        with rendering._spawning_workers():
+            seen = pool.executor.submit(os.getenv, "OPENBLAS_NUM_THREADS")
+        assert seen.result(timeout=60) == (user_setting or "1")
+        assert os.environ.get("OPENBLAS_NUM_THREADS") == user_setting  # this process's environment is as it was
+    finally:
+        pool.stop()
