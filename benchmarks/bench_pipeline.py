@@ -7,20 +7,23 @@
    the core, one after another, with the allocator tuned as in a render worker
    (fractals.tune_allocator). For reference, once with the default allocator.
    Measurements 1 and 2 are interleaved over --rounds rounds (default 7), in
-   alternating order (pure, 1 worker, 2 workers, then the reverse), and the goals
+   alternating order (pure, then the runs, then the reverse), and the goals
    use the median of the ratios within each round: this 2-core VM's speed drifts
    by 10-30 % within minutes, so only measurements taken side by side compare.
 2. The same N specs as one batched `fractal_images` run on a temporary SQLite
    instance configured as `fractal-pipeline run` configures a new DAGSTER_HOME
    (instance_storage.instance_yaml: pooled event-log connections) with 1 worker,
-   then with 2: wall time of the step's run, storing into an emptied folder (the same one
-   every time: what a new file costs varies by folder on this VM's disk, so the cost there
-   is measured and printed). For reference, the 1-worker run again on Dagster's stock
-   `storage: sqlite` (a fresh home, same files).
+   then with 2: wall time of the run as `fractal-pipeline run` runs it, the render
+   workers started as the run is launched (rendering.workers_started_early, inside
+   the timed span), storing into an emptied folder (the same one every time: what a
+   new file costs varies by folder on this VM's disk, so the cost there is measured
+   and printed). For reference, in the same rounds, the same runs with the workers
+   started by the step (as from the UI or `dagster asset materialize`; the step
+   renders small specs itself meanwhile when a CPU is free: rendering.render_many),
+   and once the 1-worker run on Dagster's stock `storage: sqlite` (a fresh home).
    Overhead = wall(1 worker) - pure render time (goal <= 10 % of the render time);
    speed-up = wall(2 workers) / wall(1 worker) (goal <= 0.6x). The wall time
-   includes Dagster starting the run and the worker processes starting (the
-   step renders small specs itself meanwhile: rendering.render_many).
+   includes Dagster creating and starting the run and the worker processes starting.
 3. `fractal_collage` of M stored images in a fresh process: peak RSS (goal <= 500 MB).
 """
 

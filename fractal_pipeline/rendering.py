@@ -461,9 +461,11 @@ def render_many(
     result once it is stored (in completion order).
 
     Workers take the keys in chunks (:func:`chunked`) and report a chunk when
-    all its PNGs are stored; while they start, this process renders small specs
-    itself if a CPU is free (:func:`_render_while_workers_start`). A spec whose worker dies (the
-    pool breaks) is retried in a fresh pool up to
+    all its PNGs are stored. With a CPU they leave free, this process renders
+    small specs while they start (:func:`_render_while_workers_start`) and,
+    with a local store, writes the PNGs they hand back (:func:`_work`). Workers
+    that :func:`workers_started_early` started for this batch are used instead
+    of new ones. A spec whose worker dies (the pool breaks) is retried in a fresh pool up to
     ``max_attempts`` times; a spec that raises is reported as a
     :class:`RenderFailure` and does not stop the others. ``should_stop`` is
     polled between results: when it says so, pending work is cancelled and
