@@ -128,7 +128,7 @@ def _partition_metadata(result: RenderResult) -> dict[str, Any]:
         if result.location.startswith("s3://")
         else dg.MetadataValue.path(result.location)
     )
-    return {
+    metadata: dict[str, Any] = {
         "thumbnail": dg.MetadataValue.md(result.thumbnail_markdown()),
         "location": location,
         "segments": result.segments,
@@ -141,6 +141,9 @@ def _partition_metadata(result: RenderResult) -> dict[str, Any]:
         "stored_at": dg.MetadataValue.timestamp(result.stored_at),
         "worker_started_at": dg.MetadataValue.timestamp(result.worker_started_at),
     }
+    if result.stored_by:  # the step's process wrote the PNG the worker rendered
+        metadata["stored_by"] = result.stored_by
+    return metadata
 
 
 class MaterializationBatcher:
@@ -230,7 +233,8 @@ IMAGES_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.
         "materialised as soon as its PNG is written (thumbnail, location and timings in its metadata).\n\n"
         "Partition metadata: `thumbnail` (~128 px preview, *Show Markdown*), `location` (file or `s3://` URL), "
         "`segments`, `bytes` (PNG size), `render_ms` / `encode_ms` / `put_ms` (time per phase), `worker` "
-        "(process or Lambda invocation), `worker_started_at`, `started_at`, `stored_at`. The `pngs_valid` "
+        "(process or Lambda invocation), `worker_started_at`, `started_at`, `stored_at`, and `stored_by` when the "
+        "step's process wrote the PNG its worker rendered (one worker with a CPU to spare). The `pngs_valid` "
         "check of each batch carries `workers`, a per-worker table and timeline of the step; "
         "`fractal-pipeline events RUN_ID` prints the same timelines in a terminal."
     ),

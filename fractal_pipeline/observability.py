@@ -323,6 +323,8 @@ class WorkItem:
     stored_at: float
     #: When the store call began (a PNG can wait after encoding); None: at ``encoded_at``.
     put_started_at: float | None = None
+    #: The process that wrote the PNG when not the worker (the step's); "": the worker.
+    stored_by: str = ""
 
     @property
     def put_start(self) -> float:
@@ -339,7 +341,12 @@ class WorkItem:
         return [
             ("render", self.key, self.started_at, self.rendered_at),
             ("encode", self.key, self.rendered_at, self.encoded_at),
-            ("put", self.object_key, self.put_start, self.stored_at),
+            (
+                "put",
+                f"{self.object_key} (by {self.stored_by})" if self.stored_by else self.object_key,
+                self.put_start,
+                self.stored_at,
+            ),
         ]
 
     @classmethod
@@ -353,6 +360,7 @@ class WorkItem:
             encoded_at=result.encoded_at,
             stored_at=result.stored_at,
             put_started_at=result.put_started_at or result.encoded_at,
+            stored_by=result.stored_by,
         )
 
     @classmethod
@@ -375,6 +383,7 @@ class WorkItem:
             encoded_at=encoded,
             stored_at=stored,
             put_started_at=None if put_ms is None else max(encoded, stored - float(put_ms) / 1000),
+            stored_by=str(values.get("stored_by") or ""),
         )
 
 

@@ -72,6 +72,9 @@ class RenderResult:
     #: When the store call began: a PNG can wait after encoding (for the rest of its chunk,
     #: or for a store thread), and ``put_ms`` is the store's own time. 0: at ``encoded_at``.
     put_started_at: float = 0.0
+    #: The process that stored the PNG when it is not ``worker``: the step's, which writes the
+    #: local PNGs of workers that leave it a CPU (see :func:`_work`). "": the worker itself.
+    stored_by: str = ""
 
     @property
     def render_ms(self) -> float:
@@ -176,13 +179,14 @@ def store_rendered(
     stored = time.time()
     if worker_started_at is None:
         worker_started_at = rendered.worker_started_at or rendered.started_at
+    here = f"pid-{os.getpid()}"
     return RenderResult(
         key=rendered.spec.key,
         object_key=object_key,
         location=location,
         segments=rendered.spec.segments,
         png_bytes=len(rendered.png),
-        worker=worker or rendered.worker or f"pid-{os.getpid()}",
+        worker=worker or rendered.worker or here,
         started_at=rendered.started_at,
         rendered_at=rendered.rendered_at,
         encoded_at=rendered.encoded_at,
@@ -190,6 +194,7 @@ def store_rendered(
         thumbnail_png=indexed_png(rendered.thumbnail),
         worker_started_at=worker_started_at,
         put_started_at=put_started,
+        stored_by=here if rendered.worker not in ("", here) and worker is None else "",
     )
 
 

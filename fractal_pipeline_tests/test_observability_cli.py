@@ -375,3 +375,29 @@ def test_busy_counts_and_the_steps_markdown_summary() -> None:
     summary = batch_summary_markdown(pipelined, total=4, failed=0, origin=100.0, now=101.0, width=20)
     assert summary.startswith("**4/4** PNGs stored in 1.00 s by 2 workers (peak 2 at once, 0.80 busy on average)")
     assert "| `pid-2` | 2 | +0.000 s | +0.200 s | +0.600 s | 0.400 s |" in summary
+
+
+def test_a_png_the_step_wrote_is_its_workers_put_marked_with_the_writer() -> None:
+    from fractal_pipeline.observability import WorkItem, render_lanes
+
+    metadata = {
+        "worker": "pid-2",
+        "worker_started_at": 9.0,
+        "started_at": 10.0,
+        "render_ms": 20.0,
+        "encode_ms": 10.0,
+        "put_ms": 1.0,
+        "stored_at": 10.05,
+    }
+    for extra, subject in [({}, "fractals/dragon_3.png"), ({"stored_by": "pid-1"}, "fractals/dragon_3.png (by pid-1)")]:
+        item = WorkItem.from_metadata("dragon_3", {**metadata, **extra})
+        assert item is not None
+        (lane,) = render_lanes([item], origin=9.0)
+        assert lane.worker == "pid-2"
+        assert [(event.event, event.subject) for event in lane.events] == [
+            ("start", ""),
+            ("render", "dragon_3"),
+            ("encode", "dragon_3"),
+            ("put", subject),
+            ("stop", ""),
+        ]

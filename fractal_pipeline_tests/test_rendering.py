@@ -166,6 +166,7 @@ def test_with_a_cpu_to_spare_the_step_writes_its_workers_local_pngs(
     worker_keys = {image_key(o.key) for o in from_worker}
     assert worker_keys <= set(written_here) if step_writes else not worker_keys & set(written_here)
     for result in from_worker:
+        assert result.stored_by == (f"pid-{os.getpid()}" if step_writes else "")
         assert result.worker_started_at < result.started_at <= result.encoded_at <= result.put_started_at
         assert result.put_started_at <= result.stored_at
         spec = FractalSpec.from_key(result.key)
