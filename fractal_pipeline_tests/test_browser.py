@@ -28,6 +28,8 @@ import psutil
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
+from fractal_pipeline.instance_storage import instance_yaml
+
 from .conftest import group_processes
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -99,7 +101,8 @@ def dagster_dev(tmp_path: Path) -> Iterator[DagsterDev]:
     home = tmp_path / "home"
     (home / ".nux").mkdir(parents=True)
     (home / ".nux" / "nux.yaml").write_text("seen: 1\n")  # what the UI writes once its first-visit modal was seen
-    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    # The instance `fractal-pipeline run` creates (whose runs `dagster dev` then shows), plus a run queue.
+    (home / "dagster.yaml").write_text(instance_yaml(home) + DAGSTER_YAML)
     fractals = tmp_path / "fractals"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FRACTALS_", "FRACTAL_", "MINIO", "AWS_ENDPOINT"))}
     env.update(DAGSTER_HOME=str(home), FRACTALS_DIR=str(fractals))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -33,6 +35,7 @@ from fractal_pipeline.instance_storage import (
     MAX_OPEN_SHARDS,
     PooledSqliteEventLogStorage,
     PooledSqliteStorage,
+    ThreadMirroredComputeLogManager,
     instance_yaml,
 )
 
@@ -346,3 +349,45 @@ def test_ten_thousand_partitions_and_a_thousand_partition_run(tmp_path: Path, lo
         metadata = collage.asset_materializations_for_node("fractal_collage")[0].metadata
         assert metadata["tiles"].value == 1000
         assert metadata["missing"].value == 9000
+
+
+MIRROR_SCRIPT = """
+import os, subprocess, sys
+from dagster._core.storage.compute_log_manager import ComputeIOType
+from dagster._core.storage.local_compute_log_manager import IO_TYPE_EXTENSION
+from fractal_pipeline.instance_storage import ThreadMirroredComputeLogManager
+
+manager = ThreadMirroredComputeLogManager(sys.argv[1])
+key = ["run", "fractal_images"]
+print("before", flush=True)
+with manager.capture_logs(key):
+    print("from python", flush=True)
+    os.write(1, b"from the descriptor\\n")
+    subprocess.run(["echo", "from a child process"], check=True)
+    print("to stderr", file=sys.stderr, flush=True)
+print("after", flush=True)
+print(manager.get_captured_local_path(key, IO_TYPE_EXTENSION[ComputeIOType.STDOUT]))
+print(manager.get_captured_local_path(key, IO_TYPE_EXTENSION[ComputeIOType.STDERR]))
+print(manager.is_capture_complete(key))
+"""
+
+
+def test_captured_step_output_is_in_its_files_and_mirrored_to_the_console_without_tail(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", MIRROR_SCRIPT, str(tmp_path / "storage")], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    # the console (this test's pipe) still sees everything, in order, the child process's output too
+    assert lines[:5] == ["before", "from python", "from the descriptor", "from a child process", "after"], lines
+    assert "to stderr" in result.stderr
+    out_path, err_path, complete = lines[5:8]
+    assert Path(out_path).read_text().splitlines() == ["from python", "from the descriptor", "from a child process"]
+    assert Path(err_path).read_text() == "to stderr\n"
+    assert complete == "True"
+
+
+def test_the_cli_home_captures_step_output_with_the_thread_mirror(tmp_path: Path) -> None:
+    with open_instance(make_home(tmp_path / "home")) as instance:
+        assert isinstance(instance.compute_log_manager, ThreadMirroredComputeLogManager)
+        assert instance.compute_log_manager._base_dir == str(tmp_path / "home" / "storage")  # Dagster's default place

@@ -27,6 +27,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fractal_pipeline.cli import app
+from fractal_pipeline.instance_storage import instance_yaml
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +38,8 @@ def _env(home: Path) -> dict[str, str]:
     env["DAGSTER_HOME"] = str(home)
     env["COLUMNS"] = "200"  # rich tables: no wrapping in captured output
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    # What `fractal-pipeline run` writes into a new home (pooled storage, thread-mirrored captured output).
+    (home / "dagster.yaml").write_text(instance_yaml(home) + "telemetry:\n  enabled: false\n")
     return env
 
 
