@@ -89,8 +89,10 @@ EVENT_BATCH_SIZE = 1000
 MODULE = __name__
 STORAGE_CLASS = "PooledSqliteStorage"
 COMPUTE_LOGS_CLASS = "ThreadMirroredComputeLogManager"
-#: How often a step's captured output is copied to its console.
+#: How often a step's captured output is copied to its console, and how long the end of a step
+#: waits for the last of it.
 MIRROR_INTERVAL_S = 0.1
+MIRROR_DRAIN_S = 2.0
 
 
 @functools.cache
@@ -346,18 +348,21 @@ def _mirrored_to_file(stream: IO[str], path: str) -> Iterator[None]:
         return
     stop = threading.Event()
 
-    def pump() -> None:
-        with open(path, "rb") as source:
-            while True:
-                data = source.read(1 << 16)
-                if data:
-                    with contextlib.suppress(OSError):  # a closed console must not stop the capture
-                        while data:
-                            data = data[os.write(console, data) :]
-                elif stop.is_set():
-                    return
-                else:
-                    stop.wait(MIRROR_INTERVAL_S)
+    def pump() -> None:  # owns ``console``: closed when done, never while a write may still use it
+        try:
+            with open(path, "rb") as source:
+                while True:
+                    data = source.read(1 << 16)
+                    if data:
+                        with contextlib.suppress(OSError):  # a closed console must not stop the capture
+                            while data:
+                                data = data[os.write(console, data) :]
+                    elif stop.is_set():
+                        return
+                    else:
+                        stop.wait(MIRROR_INTERVAL_S)
+        finally:
+            os.close(console)
 
     thread = threading.Thread(target=pump, name="compute-log-mirror", daemon=True)
     thread.start()
@@ -366,8 +371,8 @@ def _mirrored_to_file(stream: IO[str], path: str) -> Iterator[None]:
             yield
     finally:
         stop.set()
-        thread.join(10)
-        os.close(console)
+        # The rest reaches the console; a console that stopped reading does not hold up the step.
+        thread.join(MIRROR_DRAIN_S)
 
 
 class ThreadMirroredComputeLogManager(LocalComputeLogManager):
