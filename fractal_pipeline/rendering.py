@@ -256,7 +256,7 @@ def _init_worker(config: StoreConfig, ready: Any, step_stores: bool = False) -> 
 
 def _store_in_worker(rendered: RenderedSpec) -> RenderResult:
     assert _worker_store is not None, "worker not initialised"
-    return store_rendered(rendered, _worker_store, worker_started_at=_worker_started_at)
+    return store_rendered(rendered, _worker_store)  # the spec names its worker and when that started
 
 
 #: What a worker reports for one spec (see :func:`_work`).
@@ -395,10 +395,11 @@ def _small(key: str) -> bool:
 def _render_while_workers_start(
     futures: dict[Future[list[WorkOutcome]], list[str]],
     ready: Any,
-    store_config: StoreConfig,
+    store: Callable[[], FractalStore],
     should_stop: Callable[[], bool] | None,
 ) -> Iterator[RenderResult | RenderFailure]:
-    """Render chunks of small specs from the end of the queue in this process until a worker is ready.
+    """Render chunks of small specs from the end of the queue in this process until a worker is ready,
+    storing their PNGs in ``store()`` (the store this process writes the batch's PNGs to).
 
     A spawned worker takes ~0.2 s to start (a fresh interpreter importing numpy
     and Pillow), time in which a batch would otherwise render nothing. Each chunk
@@ -409,7 +410,6 @@ def _render_while_workers_start(
     a worker's, in a process whose allocator is not tuned for them); an A/B of
     2-worker runs on 2 CPUs measured ~3 % less wall without them.
     """
-    store: FractalStore | None = None
     for future in reversed(list(futures)):
         if ready.is_set() or (should_stop is not None and should_stop()):
             return
@@ -421,8 +421,7 @@ def _render_while_workers_start(
         del futures[future]
         for key in keys:
             try:
-                store = store or store_config.open()
-                yield render_and_store(key, store)
+                yield render_and_store(key, store())
             except Exception as exc:  # as in a worker: reported, the batch goes on
                 yield _failure(key, exc)
 
@@ -614,13 +613,13 @@ def _render_batches(
         size = min(workers, len(pending))
         pool = pool or _start_pool(store_config, size)
         executor = pool.executor
-        step_store = functools.cache(store_config.open)  # opened on the first PNG this process stores
+        step_store = functools.cache(store_config.open)  # this process's store: opened on its first PNG
         interrupted = broken = completed = False
         try:
             with _spawning_workers():  # workers start on submit
                 futures = {executor.submit(_work, chunk): chunk for chunk in chunked(pending, size)}
             if pool.spare_cpu:
-                yield from _render_while_workers_start(futures, pool.ready, store_config, should_stop)
+                yield from _render_while_workers_start(futures, pool.ready, step_store, should_stop)
             # Completed futures arrive on a queue (one callback each): waiting on the set of pending
             # futures instead costs O(pending) per result, quadratic for a batch of thousands.
             finished: queue.SimpleQueue[Future[list[WorkOutcome]]] = queue.SimpleQueue()

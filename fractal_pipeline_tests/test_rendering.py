@@ -60,7 +60,9 @@ def test_the_step_takes_small_specs_from_the_end_until_one_is_already_with_a_wor
     )
     first = next(iter(futures))
     assert first.set_running_or_notify_cancel()  # handed to a worker already: cannot be taken back
-    outcomes = list(_render_while_workers_start(futures, ReadyAfter(99), StoreConfig(local_dir=str(tmp_path)), None))
+    outcomes = list(
+        _render_while_workers_start(futures, ReadyAfter(99), StoreConfig(local_dir=str(tmp_path)).open, None)
+    )
     taken = ["ter_dragon_4-64px", "levy_c_5-64px", "hilberts_3-64px"]  # chunks from the end, each in order
     assert [o.key for o in outcomes] == taken
     assert all(isinstance(o, RenderResult) and o.worker == f"pid-{os.getpid()}" for o in outcomes)
@@ -73,7 +75,9 @@ def test_the_step_takes_small_specs_from_the_end_until_one_is_already_with_a_wor
 def test_the_step_stops_taking_specs_once_a_worker_is_ready(tmp_path: Path) -> None:
     keys = [spec.key for spec in random_specs(6, seed=3, size=64)]
     futures = _futures(*([key] for key in keys))
-    outcomes = list(_render_while_workers_start(futures, ReadyAfter(2), StoreConfig(local_dir=str(tmp_path)), None))
+    outcomes = list(
+        _render_while_workers_start(futures, ReadyAfter(2), StoreConfig(local_dir=str(tmp_path)).open, None)
+    )
     assert [o.key for o in outcomes] == keys[:-3:-1]  # the last two, last first
     assert list(futures.values()) == [[key] for key in keys[:-2]]
 
@@ -81,7 +85,9 @@ def test_the_step_stops_taking_specs_once_a_worker_is_ready(tmp_path: Path) -> N
 def test_a_spec_the_step_cannot_store_is_a_failure_and_the_rest_go_on(tmp_path: Path) -> None:
     (tmp_path / "fractals" / "levy_c_5-64px.png").mkdir(parents=True)  # a folder where the PNG would go
     futures = _futures(["dragon_6-64px"], ["no_such_kind_3"], ["levy_c_5-64px"])
-    outcomes = list(_render_while_workers_start(futures, ReadyAfter(99), StoreConfig(local_dir=str(tmp_path)), None))
+    outcomes = list(
+        _render_while_workers_start(futures, ReadyAfter(99), StoreConfig(local_dir=str(tmp_path)).open, None)
+    )
     assert list(futures.values()) == [["no_such_kind_3"]]  # left to a worker, which reports it like any bad key
     failure, result = outcomes
     assert isinstance(failure, RenderFailure) and failure.key == "levy_c_5-64px" and "is a folder" in failure.error
