@@ -3,7 +3,7 @@
 import io
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dagster as dg
@@ -21,6 +21,7 @@ from fractal_pipeline.fractals import (
 )
 from fractal_pipeline.io_managers import PngCollection
 from fractal_pipeline.observability import WorkItem, batch_summary_markdown
+from fractal_pipeline.partitions import partition_range
 from fractal_pipeline.rendering import RenderFailure, RenderResult, png_markdown
 from fractal_pipeline.resources import FractalStoreResource, RenderBackendResource
 from fractal_pipeline.store import StoreError
@@ -53,6 +54,14 @@ class RenderConfig(dg.Config):
     """How to render a batch of partitions."""
 
     workers: int = Field(default=0, ge=0, description="Worker processes; 0 = the resource's setting (one per CPU)")
+    only: list[str] | None = Field(
+        default=None,
+        description=(
+            "Render only these partitions of the run's range and skip the others (`fractal-pipeline run` and the "
+            "sensors set it when the range holds partitions that are stored already or not theirs); "
+            "unset = every partition of the range"
+        ),
+    )
 
 
 def _fail(exc: Exception) -> dg.Failure:
@@ -105,16 +114,25 @@ def fractal_specs(
         specs = random_specs(config.count, seed=seed, kinds=config.kinds, size=config.size, palette=config.palette)
     except (InvalidSpec, StoreError) as exc:
         raise _fail(exc) from exc
+    if CancelWatch(context).requested():  # nothing registered yet: an interrupted batch leaves no partitions
+        raise dg.Failure(description="run canceled before its partitions were registered", allow_retries=False)
     existing = set(context.instance.get_dynamic_partitions(PARTITIONS_NAME))
     new_keys = [spec.key for spec in specs if spec.key not in existing]
     if new_keys:
         context.instance.add_dynamic_partitions(PARTITIONS_NAME, new_keys)
-    context.log.info(f"{len(specs)} specs (seed {seed}), {len(new_keys)} new partitions")
+    first, last = partition_range(
+        [spec.key for spec in specs], context.instance.get_dynamic_partitions(PARTITIONS_NAME)
+    ) or ("", "")
+    context.log.info(
+        f"{len(specs)} specs (seed {seed}), {len(new_keys)} new partitions; render them with "
+        f"--partition-range {first}...{last}"
+    )
     return dg.Output(
         specs,
         metadata={
             "count": len(specs),
             "seed": seed,
+            "partition_range": f"{first}...{last}",
             "new_keys": len(new_keys),
             "keys": dg.MetadataValue.json([spec.key for spec in specs]),
             "specs": dg.MetadataValue.md(_specs_table(specs, set(new_keys))),
@@ -245,13 +263,123 @@ def fractal_images(
     store: FractalStoreResource,
     renderer: RenderBackendResource,
 ) -> Iterator[DagsterEvent | dg.AssetCheckResult]:
-    keys = list(context.partition_keys)
+    in_range = list(context.partition_keys)
+    if not in_range:
+        raise dg.Failure(description=_empty_range_message(context), allow_retries=False)
+    wanted = set(config.only) if config.only is not None else None
+    keys = in_range if wanted is None else [key for key in in_range if key in wanted]
+    skipped = [] if wanted is None else [key for key in in_range if key not in wanted]
     try:
-        for key in keys:
-            FractalSpec.from_key(key)
+        yield from _render_images(context, config, store, renderer, keys, skipped)
+    except dg.Failure as exc:
+        if skipped and (not exc.allow_retries or context.retry_number >= IMAGES_RETRY_POLICY.max_retries):
+            yield from _record_skipped(context, skipped)
+        raise
+
+
+def _empty_range_message(context: dg.AssetExecutionContext) -> str:
+    try:
+        selected = context.partition_key_range
+        shown = f"{selected.start}...{selected.end}"
+    except Exception:  # no range to show: say what is wrong without it
+        shown = "the run's partition range"
+    return (
+        f"--partition-range: {shown} selects no fractal_specs partition; partitions are ordered by registration, "
+        "so give the first key, then the last (the `partition_range` metadata of fractal_specs)"
+    )
+
+
+def _record_skipped(context: dg.AssetExecutionContext, skipped: list[str]) -> Iterator[DagsterEvent]:
+    """Record again the skipped partitions that are materialised, so that the failed run does not mark them failed.
+
+    Dagster marks a partition failed when a failed run planned it and nothing materialised it since; a run
+    over a range plans every partition of it, including those it skipped because they are stored already.
+    Each is recorded with its last materialisation's thumbnail and location, and ``skipped`` saying why.
+    """
+    remaining = set(context.instance.get_materialized_partitions(context.asset_key)) & set(skipped)
+    found: dict[str, Mapping[str, Any]] = {}
+    cursor = None
+    while remaining:
+        page = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=sorted(remaining)),
+            limit=1000,
+            cursor=cursor,
+        )
+        for record in page.records:
+            materialization = record.asset_materialization
+            if materialization is not None and materialization.partition in remaining:
+                found[materialization.partition] = materialization.metadata
+                remaining.discard(materialization.partition)
+        if not page.has_more:
+            break
+        cursor = page.cursor
+    if not found:
+        return
+    batcher = MaterializationBatcher(context, window_s=float("inf"))  # one batch, flushed below
+    for key, metadata in found.items():
+        kept = {name: metadata[name] for name in SKIPPED_METADATA if name in metadata}
+        kept["skipped"] = "already stored; not rendered again by this run"
+        batcher.add(dg.AssetMaterialization(asset_key=context.asset_key, partition=key, metadata=kept))
+    context.log.info(f"{len(found)} skipped partitions recorded again as stored, so that this failed run keeps them")
+    yield from batcher.flush()
+
+
+#: What a skipped partition's record keeps of its last materialisation: what it is and where.
+SKIPPED_METADATA = ("thumbnail", "location", "segments", "bytes")
+
+
+class CancelWatch:
+    """Whether the step's run was asked to stop (marked CANCELING or CANCELED); asks the instance at most
+    every :data:`CANCEL_POLL_S`.
+
+    This is how a run executing inside the process that started it (``fractal-pipeline run``) is stopped: the
+    CLI marks the run CANCELING on Ctrl-C or SIGTERM, and the render loop stops at its next outcome or heartbeat.
+    """
+
+    def __init__(self, context: dg.AssetExecutionContext) -> None:
+        self._instance = context.instance
+        self._run_id = context.run.run_id
+        self._asked_at = 0.0
+        self._requested = False
+
+    def requested(self) -> bool:
+        now = time.monotonic()
+        if not self._requested and now - self._asked_at >= CANCEL_POLL_S:
+            self._asked_at = now
+            run = self._instance.get_run_by_id(self._run_id)
+            self._requested = run is not None and run.status in (
+                dg.DagsterRunStatus.CANCELING,
+                dg.DagsterRunStatus.CANCELED,
+            )
+        return self._requested
+
+
+#: How often the render loop asks whether its run is being canceled (one read of the run's record).
+CANCEL_POLL_S = 0.5
+
+
+def _render_images(
+    context: dg.AssetExecutionContext,
+    config: RenderConfig,
+    store: FractalStoreResource,
+    renderer: RenderBackendResource,
+    keys: list[str],
+    skipped: list[str],
+) -> Iterator[DagsterEvent | dg.AssetCheckResult]:
+    try:
         store.get_store().check()
-    except (InvalidSpec, StoreError) as exc:
+    except StoreError as exc:
         raise _fail(exc) from exc
+    if skipped:
+        context.log.info(f"rendering {len(keys)} of the range's partitions; skipping {len(skipped)} (config `only`)")
+    failed: list[RenderFailure] = []
+    for key in list(keys):  # a bad key (an old format, a typo in "Add partition") fails its own partition only
+        try:
+            FractalSpec.from_key(key)
+        except InvalidSpec as exc:
+            failed.append(RenderFailure(key, str(exc)))
+            context.log.error(f"{key}: {exc}")
+    keys = [key for key in keys if key not in {f.key for f in failed}]
     if context.retry_number > 0:
         stored = _materialized_in_run(context)
         if stored:
@@ -260,19 +388,29 @@ def fractal_images(
                 f"rendering the other {len(keys) - len(stored & set(keys))}"
             )
             keys = [key for key in keys if key not in stored]
+    total = len(keys) + len(failed)
     context.log.info(f"storing {len(keys)} PNGs in {store.store_config().description}")
     started = time.monotonic()
     batch_started_at = time.time()
     last_report = started
     done: list[RenderResult] = []
-    failed: list[RenderFailure] = []
     batcher = MaterializationBatcher(context, window_s=MATERIALIZATION_WINDOW_S)
     asset_key = context.asset_key  # not free: Dagster recomputes it on every access
+    cancel = CancelWatch(context)
+    if cancel.requested():
+        raise _canceled(0, total)
+    outcomes = renderer.render(
+        context,
+        keys,
+        store.store_config(),
+        config.workers,
+        heartbeat_s=MATERIALIZATION_WINDOW_S,
+        should_stop=cancel.requested,
+    )
     try:
-        outcomes = renderer.render(
-            context, keys, store.store_config(), config.workers, heartbeat_s=MATERIALIZATION_WINDOW_S
-        )
         for outcome in outcomes:
+            if cancel.requested():
+                break
             if outcome is None:  # idle: record what waits
                 yield from batcher.tick()
                 continue
@@ -290,40 +428,41 @@ def fractal_images(
             if now - last_report >= PROGRESS_EVERY_S:
                 last_report = now
                 rate = len(done) / (now - started)
-                context.log.info(f"{len(done) + len(failed)}/{len(keys)} done ({rate:.1f}/s), {len(failed)} failed")
+                context.log.info(f"{len(done) + len(failed)}/{total} done ({rate:.1f}/s), {len(failed)} failed")
+        outcomes.close()  # stops the workers at once if the loop broke off
         yield from batcher.flush()
     except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
+        outcomes.close()
         batcher.flush()  # the PNGs stored so far are recorded (not yielded: the step is stopping)
         # Dagster turns an interrupt inside the step into a retry when the step has a RetryPolicy,
         # so a run terminated from the UI or `fractal-pipeline cancel` would start rendering again.
         # The workers are already stopped (render_many); a requested termination ends the step.
-        run = context.instance.get_run_by_id(context.run.run_id)
-        if run is None or run.status not in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED):
+        if not cancel.requested():
             raise
-        raise dg.Failure(
-            description=f"run canceled: {len(done)} of {len(keys)} partitions were stored before it stopped",
-            allow_retries=False,
-        ) from exc
+        raise _canceled(len(done), total) from exc
     except BaseException:
+        outcomes.close()
         batcher.flush()
         raise
+    if cancel.requested():  # a run asked to stop ends CANCELED, even if its last PNG was just stored
+        raise _canceled(len(done), total)
     elapsed = time.monotonic() - started
     render_s = sum(r.render_ms + r.encode_ms for r in done) / 1000
-    summary = (
-        f"**{len(done)}/{len(keys)}** PNGs stored in {elapsed:.1f} s "
-        f"({len(done) / max(elapsed, 1e-9):.1f}/s) by {len({r.worker for r in done})} workers; "
-        f"render+encode CPU {render_s:.1f} s; {len(failed)} failed"
+    context.log.info(
+        f"{len(done)}/{total} PNGs stored in {elapsed:.1f} s ({len(done) / max(elapsed, 1e-9):.1f}/s) by "
+        f"{len({r.worker for r in done})} workers; render+encode CPU {render_s:.1f} s; {len(failed)} failed"
+        + (f"; {len(skipped)} skipped" if skipped else "")
     )
-    context.log.info(summary)
     yield dg.AssetCheckResult(
         check_name=IMAGES_CHECK,
         asset_key=context.asset_key,
         passed=not failed,
         metadata={
             "checked": len(done),
+            "skipped": len(skipped),
             "workers": dg.MetadataValue.md(
                 batch_summary_markdown(
-                    [WorkItem.from_result(r) for r in done], len(keys), len(failed), batch_started_at, time.time()
+                    [WorkItem.from_result(r) for r in done], total, len(failed), batch_started_at, time.time()
                 )
             ),
             "failed": dg.MetadataValue.json({f.key: f.error for f in failed[:100]}),
@@ -331,12 +470,19 @@ def fractal_images(
     )
     if failed:
         raise dg.Failure(
-            description=f"{len(failed)} of {len(keys)} partitions failed: "
+            description=f"{len(failed)} of {total} partitions failed: "
             + "; ".join(f"{f.key}: {f.error}" for f in failed[:5]),
             metadata={"failed_keys": dg.MetadataValue.json([f.key for f in failed])},
             # An outage is retried (the retry renders only what is missing); a bad spec is not.
             allow_retries=any(f.transient for f in failed),
         )
+
+
+def _canceled(stored: int, total: int) -> dg.Failure:
+    return dg.Failure(
+        description=f"run canceled: {stored} of {total} partitions were stored before it stopped",
+        allow_retries=False,
+    )
 
 
 @dg.asset(
@@ -365,8 +511,11 @@ def fractal_collage(context: dg.AssetExecutionContext, fractal_images: PngCollec
         raise dg.Failure(description="fractal_images: no stored images yet; materialise some partitions first")
     total = len(fractal_images)
     last = [time.monotonic()]
+    cancel = CancelWatch(context)
 
     def progress(placed: int) -> None:
+        if cancel.requested():
+            raise dg.Failure(description=f"run canceled after {placed} of {total} tiles", allow_retries=False)
         if time.monotonic() - last[0] >= PROGRESS_EVERY_S:
             last[0] = time.monotonic()
             context.log.info(f"collage: {placed}/{total} tiles")

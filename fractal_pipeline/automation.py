@@ -14,13 +14,13 @@
 
 Why partition-range runs: a run of ``fractal_images`` covers the range
 ``first...last`` of the dynamic partitions (the same tags a
-``BackfillPolicy.single_run()`` backfill uses). The sensor registers a file's
-new keys in the same ``SensorResult`` and the daemon adds them before it
-launches the runs, so they are consecutive at the end of the partition list:
-one run per file. Keys registered earlier may be scattered; then the file
-gets at most :data:`MAX_RUNS_PER_FILE` runs (:func:`batch_ranges`). A run
-config with an explicit key list would not be a partitioned run (no
-per-partition status in the UI) and can exceed the run size limit.
+``BackfillPolicy.single_run()`` backfill uses). Each file gets one run, planned
+by :func:`fractal_pipeline.partitions.plan_batch` as ``fractal-pipeline run``
+plans its own: specs already stored are not rendered again, and the run covers
+the smallest range that holds the rest, skipping (config ``only``) partitions
+in it that are stored or not the file's. The sensor registers a file's new keys
+in the same ``SensorResult`` and the daemon adds them before it launches the
+runs, so they are consecutive at the end of the partition list.
 
 Exactly once: the cursor (:class:`SpecFilesCursor`) is a LastModified
 watermark plus the key and ETag of every file handled at or after it. The
@@ -57,15 +57,14 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster._utils.schedules import is_valid_cron_string
 
 from fractal_pipeline.assets import PARTITIONS_NAME, fractal_collage, fractal_images, fractal_specs, spec_partitions
-from fractal_pipeline.partitions import batch_ranges
+from fractal_pipeline.partitions import plan_batch
 from fractal_pipeline.resources import FractalStoreResource
 from fractal_pipeline.spec_queue import QUEUE_ENV, QueueMessage, SpecQueue, validate_queue
 from fractal_pipeline.specfiles import SpecFile, file_format, oversize_error, parse_spec_file
-from fractal_pipeline.store import S3Store, StoreError, aws_error_code, sqs_client
+from fractal_pipeline.store import FractalStore, S3Store, StoreError, aws_error_code, sqs_client
 
 SENSOR_NAME = "fractal_spec_files"
 SCHEDULE_NAME = "random_fractals_schedule"
@@ -85,7 +84,6 @@ SETTLE_SECONDS = 120
 #: Bounds on one tick (Dagster times a sensor out after 60 s); the rest waits for the next tick.
 MAX_FILES_PER_TICK = 100
 TICK_BUDGET_S = 20.0
-MAX_RUNS_PER_FILE = 4
 #: Queue mode: how often the prefix is still listed, to catch notifications that never came.
 DEFAULT_RECONCILE_S = 900
 
@@ -220,18 +218,18 @@ class SpecFilesCursor:
 
 @dataclass
 class PartitionPlan:
-    """One tick's view of the partitions: their order (with this tick's additions) and what is rendered."""
+    """One tick's view of the partitions: their order (with this tick's additions) and what is stored."""
 
     order: list[str]
     existing: set[str]
-    materialized: set[str]
+    stored: set[str]
     added: list[str] = field(default_factory=list)
     requested: set[str] = field(default_factory=set)
 
     @classmethod
-    def load(cls, instance: dg.DagsterInstance) -> "PartitionPlan":
+    def load(cls, instance: dg.DagsterInstance, store: FractalStore) -> "PartitionPlan":
         order = list(instance.get_dynamic_partitions(PARTITIONS_NAME))
-        return cls(order, set(order), instance.get_materialized_partitions(fractal_images.key))
+        return cls(order, set(order), store.stored_images(order))
 
     def register(self, keys: Iterable[str]) -> list[str]:
         """Append keys not registered yet (as the daemon will) and return them."""
@@ -241,23 +239,19 @@ class PartitionPlan:
         self.added.extend(new)
         return new
 
-    def render_requests(
-        self, keys: Sequence[str], run_key: str, tags: Mapping[str, str], max_runs: int = MAX_RUNS_PER_FILE
-    ) -> list[dg.RunRequest]:
-        """Run requests for the keys not rendered (nor requested this tick) yet: one per range, at most ``max_runs``."""
-        todo = [key for key in keys if key not in self.materialized and key not in self.requested]
-        self.requested.update(todo)
-        ranges = batch_ranges(todo, self.order, max_runs)
-        requests = []
-        for index, (first, last) in enumerate(ranges):
-            requests.append(
-                dg.RunRequest(
-                    run_key=run_key if len(ranges) == 1 else f"{run_key}#{index + 1}",
-                    job_name=RENDER_JOB_NAME,
-                    tags={**tags, ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
-                )
-            )
-        return requests
+    def render_request(self, keys: Sequence[str], run_key: str, tags: Mapping[str, str]) -> dg.RunRequest | None:
+        """The one run that renders those of ``keys`` neither stored nor requested this tick yet
+        (:func:`~fractal_pipeline.partitions.plan_batch`); None if there are none."""
+        plan = plan_batch(keys, self.order, self.stored | self.requested)
+        if plan.run is None:
+            return None
+        self.requested.update(plan.to_render)
+        return dg.RunRequest(
+            run_key=run_key,
+            job_name=RENDER_JOB_NAME,
+            run_config=plan.run.run_config(),
+            tags={**tags, **plan.run.tags},
+        )
 
 
 # --------------------------------------------------------------------------- the S3 sensor
@@ -358,6 +352,7 @@ class _Tick:
         budget_s: float,
     ) -> None:
         self.context = context
+        self.store = s3
         self.client = s3.client
         self.bucket = s3.bucket
         self.prefix = prefix
@@ -407,10 +402,12 @@ class _Tick:
             ) from exc
         self.files += 1
         if parsed.specs:
-            self.plan = self.plan or PartitionPlan.load(self.context.instance)
+            self.plan = self.plan or PartitionPlan.load(self.context.instance, self.store)
             self.plan.register(parsed.keys)
             tags = {TAG_SPEC_FILE: key[:200], TAG_REJECTED: str(len(parsed.rejected))}
-            self.run_requests += self.plan.render_requests(parsed.keys, f"{key}@{_etag(obj)}", tags)
+            request = self.plan.render_request(parsed.keys, f"{key}@{_etag(obj)}", tags)
+            if request is not None:
+                self.run_requests.append(request)
 
     def list_and_handle(self, s3: S3Store) -> tuple[SpecFilesCursor, bool]:
         """The listing path: new files under the prefix since the watermark. Returns the advanced
@@ -623,15 +620,15 @@ def render_after_schedule_sensor(minimum_interval_seconds: int = DEFAULT_INTERVA
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Renders the partitions a successful {RANDOM_JOB_NAME} run registered (one batched run).",
     )
-    def _render(context: dg.RunStatusSensorContext) -> list[dg.RunRequest] | dg.SkipReason:
+    def _render(context: dg.RunStatusSensorContext, store: FractalStoreResource) -> dg.RunRequest | dg.SkipReason:
         run_id = context.dagster_run.run_id
         keys = _keys_of_specs_run(context.instance, run_id)
-        plan = PartitionPlan.load(context.instance)
-        requests = plan.render_requests(keys, f"{RANDOM_JOB_NAME}:{run_id}", {TAG_SPECS_RUN: run_id})
-        if not requests:
-            return dg.SkipReason(f"run {run_id[:8]}: all {len(keys)} specs are already rendered")
-        context.log.info(f"run {run_id[:8]}: rendering {len(keys)} specs in {len(requests)} run(s)")
-        return requests
+        plan = PartitionPlan.load(context.instance, store.get_store())
+        request = plan.render_request(keys, f"{RANDOM_JOB_NAME}:{run_id}", {TAG_SPECS_RUN: run_id})
+        if request is None:
+            return dg.SkipReason(f"run {run_id[:8]}: all {len(keys)} specs are already stored")
+        context.log.info(f"run {run_id[:8]}: rendering {len(plan.requested)} of its {len(keys)} specs in one run")
+        return request
 
     return _render
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -19,16 +18,16 @@ from rich.text import Text
 
 from fractal_pipeline.aws.commands import register as register_aws_commands
 from fractal_pipeline.aws.commands import use_backend
-from fractal_pipeline.console import fail
-from fractal_pipeline.fractals import KINDS, PALETTES, FractalSpec, InvalidSpec, render_png
+from fractal_pipeline.console import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_USAGE, fail, note
+from fractal_pipeline.fractals import DEFAULT_SIZE, KINDS, PALETTES, FractalSpec, InvalidSpec, render_png
 from fractal_pipeline.observability import SOURCE_TAG
-from fractal_pipeline.partitions import contiguous_blocks, range_size
 
 if TYPE_CHECKING:
     import dagster as dg
 
 app = typer.Typer(
     help="Batch L-system fractals on Dagster: generate specs, render PNGs in parallel, tile a collage.",
+    epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -49,17 +48,61 @@ DEFAULT_DAGSTER_HOME = Path.home() / ".fractal_pipeline" / "dagster_home"
 LEGACY_DAGSTER_YAML = "# Embedded defaults: SQLite storage in this folder.\n"
 
 
-def ensure_dagster_home() -> Path:
-    """Use ``$DAGSTER_HOME``, or create the default one, so runs persist and show up in ``dagster dev``."""
-    home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).expanduser().resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists() or config.read_text() == LEGACY_DAGSTER_YAML:
-        from fractal_pipeline.instance_storage import instance_yaml  # imports dagster: only when needed
+def _home_path() -> Path:
+    return Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).expanduser().resolve()
 
-        config.write_text(instance_yaml(home))
+
+def ensure_dagster_home() -> Path:
+    """Use ``$DAGSTER_HOME``, or create the default one, so runs persist and show up in ``dagster dev``.
+
+    Exits 2 with one line if the folder cannot be made or written.
+    """
+    home = _home_path()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        config = home / "dagster.yaml"
+        if not config.exists() or config.read_text() == LEGACY_DAGSTER_YAML:
+            from fractal_pipeline.instance_storage import instance_yaml  # imports dagster: only when needed
+
+            config.write_text(instance_yaml(home))
+    except OSError as exc:
+        raise fail(
+            f"DAGSTER_HOME: cannot use {home} ({exc.strerror or exc}); point DAGSTER_HOME at a writable folder",
+            EXIT_USAGE,
+        ) from None
+    if not os.access(home, os.W_OK):
+        raise fail(f"DAGSTER_HOME: {home} is not writable; point DAGSTER_HOME at a writable folder", EXIT_USAGE)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+def _load_instance(home: Path) -> dg.DagsterInstance:
+    """The instance in ``home``; exits 2 with one line if its ``dagster.yaml`` or storage cannot be loaded."""
+    import dagster as dg
+
+    try:
+        return dg.DagsterInstance.from_config(str(home))
+    except Exception as exc:  # YAML, config schema, storage class or database: all mean the home is unusable
+        raise fail(
+            f"DAGSTER_HOME: the instance in {home} cannot be loaded ({_one_line(exc)}); "
+            f"fix {home / 'dagster.yaml'} or point DAGSTER_HOME at another folder",
+            EXIT_USAGE,
+        ) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _load_definitions() -> dg.Definitions:
+    """The definitions the environment selects; exits 2 naming the variable if a setting is bad."""
+    try:
+        from fractal_pipeline.definitions import build_definitions
+
+        return build_definitions()
+    except ValueError as exc:  # every setting read at load time raises ValueError naming its variable
+        raise fail(str(exc), EXIT_USAGE) from None
 
 
 def run_failure_message(result: Any) -> str:
@@ -83,158 +126,265 @@ def _quiet(run_config: dict[str, Any] | None = None) -> dict[str, Any]:
     return {**QUIET, **(run_config or {})}
 
 
-def _execute_with_progress(
-    job: dg.JobDefinition,
-    instance: dg.DagsterInstance,
-    total: int,
-    label: str,
-    **kwargs: Any,
-) -> Any:
-    """Execute ``job`` in-process in a thread while a progress bar counts materialisations."""
-    import dagster as dg
-    from dagster._core.utils import make_new_run_id
+class _ImagesProgress:
+    """The progress bar of an images run: PNGs recorded, and what the run waits for when it waits."""
 
-    run_id = make_new_run_id()
-    outcome: dict[str, Any] = {}
+    #: Without a new PNG for this long, the bar says so (a store that does not answer retries for a while).
+    STALL_S = 5.0
 
-    def target() -> None:
-        try:
-            outcome["result"] = job.execute_in_process(instance=instance, run_id=run_id, raise_on_error=False, **kwargs)
-        except BaseException as exc:  # surfaced in the main thread
-            outcome["error"] = exc
+    def __init__(self, instance: dg.DagsterInstance, progress: Progress, total: int) -> None:
+        self.instance = instance
+        self.progress = progress
+        self.task = progress.add_task("rendering", total=total)
+        self.total = total
+        self.done = 0
+        self.cursor: str | None = None
+        self.last_change = time.monotonic()
+        self.retry_until: float | None = None
 
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    cursor = None
-    done = 0
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
-    ) as progress:
-        task = progress.add_task(label, total=total)
-        while thread.is_alive() or cursor is None:
-            thread.join(0.25)
-            if instance.get_run_by_id(run_id) is None:
-                continue
-            connection = instance.get_records_for_run(
-                run_id, cursor=cursor, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, limit=10_000
-            )
-            cursor = connection.cursor
-            done += len(connection.records)
-            progress.update(task, completed=min(done, total))
-            if not thread.is_alive():
-                break
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
+    def __call__(self, run_id: str) -> None:
+        import dagster as dg
+
+        if self.instance.get_run_by_id(run_id) is None:
+            return
+        kinds = {dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.STEP_UP_FOR_RETRY}
+        connection = self.instance.get_records_for_run(run_id, cursor=self.cursor, of_type=kinds, limit=10_000)
+        self.cursor = connection.cursor
+        now = time.monotonic()
+        for record in connection.records:
+            event = record.event_log_entry.dagster_event
+            if event is not None and event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY:
+                wait = getattr(event.event_specific_data, "seconds_to_wait", None) or 0
+                self.retry_until = now + float(wait)
+            else:
+                self.done += 1
+                self.retry_until = None
+            self.last_change = now
+        if self.retry_until is not None:
+            left = max(0.0, self.retry_until - now)
+            label = f"storage unreachable: retrying in {left:.0f} s" if left else "storage unreachable: retrying"
+        elif now - self.last_change >= self.STALL_S:
+            label = f"rendering (no PNG stored for {now - self.last_change:.0f} s: waiting for the store)"
+        else:
+            label = "rendering"
+        self.progress.update(self.task, completed=min(self.done, self.total), description=label)
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 def run(
-    count: Annotated[int, typer.Option("--count", "-n", help="How many random specs (1..10,000)")] = 12,
+    count: Annotated[
+        int, typer.Option("--count", "-n", help="How many distinct random specs (1..100; 1..500 with --palette random)")
+    ] = 12,
     seed: Annotated[int | None, typer.Option(help="Random seed (default: fresh; printed)")] = None,
     kinds: Annotated[str | None, typer.Option(help="Comma-separated kinds, e.g. dragon,koch_snowflake")] = None,
-    size: Annotated[int, typer.Option(help="Image edge in pixels (16..8192)")] = 1024,
+    size: Annotated[int, typer.Option(help="Image edge in pixels (16..8192)")] = DEFAULT_SIZE,
     palette: Annotated[str, typer.Option(help=f"{', '.join(PALETTES)} or random")] = "rainbow",
-    workers: Annotated[int, typer.Option(help="Worker processes (0 = one per CPU)")] = 0,
+    workers: Annotated[int, typer.Option(help="Worker processes (0 = one per CPU; at most 4 per CPU)")] = 0,
     collage: Annotated[bool, typer.Option("--collage/--no-collage", help="Tile all stored images")] = True,
     backend: Annotated[str, typer.Option(help="local (process pool) or lambda (the deployed stack)")] = "local",
+    region: Annotated[
+        str | None, typer.Option(help="AWS region of --backend lambda (default: AWS_REGION, AWS_DEFAULT_REGION)")
+    ] = None,
 ) -> None:
-    """Generate COUNT random specs, render them in one batched run, update the collage, print the keys."""
-    ensure_dagster_home()
-    kind_list = [k.strip() for k in kinds.split(",") if k.strip()] if kinds else None
-    try:  # refuse bad input before starting any run
-        FractalSpec(kind_list[0] if kind_list else "dragon", 0, size, "rainbow" if palette == "random" else palette)
-        for kind in kind_list or []:
-            FractalSpec(kind, 0)
-    except InvalidSpec as exc:
-        raise fail(str(exc), 2) from None
-    try:
-        chosen = use_backend(backend)  # lambda: FRACTALS_LAMBDA_FUNCTION/BUCKET from the deployed stack
-    except ValueError as exc:
-        raise fail(str(exc), 2) from None
-    if chosen:
-        err.print(chosen, highlight=False, soft_wrap=True)
+    """Generate COUNT random specs, render those not stored yet in one run, update the collage, print the stored keys.
 
-    import warnings
-
-    import dagster as dg
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
-
-    warnings.filterwarnings("ignore", category=dg.BetaWarning)
-    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-
-    from fractal_pipeline.assets import PARTITIONS_NAME
-    from fractal_pipeline.definitions import build_definitions
-    from fractal_pipeline.rendering import workers_started_early
-    from fractal_pipeline.resources import RenderBackendResource
-    from fractal_pipeline.store import collage_key, image_key, store_config_from_env
+    Stdout lists exactly the object keys stored when the command ends. Specs
+    already stored are not rendered again. Ctrl-C (or SIGTERM) stops the run:
+    it ends CANCELED, keeps what is stored, and the same command renders the
+    rest; a second Ctrl-C stops at once.
+    """
+    from fractal_pipeline.batch import Interrupts, RunOptions, UsageError, parse_kinds
 
     try:
-        defs = build_definitions()
-    except ValueError as exc:
-        raise fail(str(exc), 2) from None
-    job = defs.resolve_implicit_global_asset_job_def()
-    instance = dg.DagsterInstance.get()
-    tags = {SOURCE_TAG: "cli"}
-    specs_config: dict[str, Any] = {"count": count, "seed": seed, "kinds": kind_list, "size": size}
-    specs_config["palette"] = None if palette == "random" else palette
-    started = time.monotonic()
-    with ExitStack() as early:
-        renderer = (defs.resources or {}).get("renderer")
+        options, notes = RunOptions(
+            count, seed, parse_kinds(kinds), size, palette, workers, collage, backend, region
+        ).checked()
+    except UsageError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    for line in notes:
+        note(line)
+    with Interrupts() as interrupts:
+        _Batch(options, interrupts).run()
+
+
+class _Batch:
+    """One ``fractal-pipeline run``: specs, the images run, the collage, and the truth about what is stored."""
+
+    def __init__(self, options: Any, interrupts: Any) -> None:
+        self.options = options
+        self.interrupts = interrupts
+        self.stopped_at_once = False
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        self._setup()
+        started = time.monotonic()
+        keys, resume = self._specs()
+        self._images(keys)
+        stored = _stored(self.store, keys)
+        for key in keys:
+            if key in stored:
+                console.print(Text(self.image_key(key)), highlight=False, soft_wrap=True)
+        missing = len(keys) - len(stored)
+        if self.interrupts.requested:
+            how = "interrupted twice: stopped at once" if self.stopped_at_once else "interrupted"
+            raise fail(
+                f"{how}: {len(stored)} of {len(keys)} PNGs stored; `{resume}` renders the other {missing}",
+                EXIT_INTERRUPTED,
+            )
+        if self.options.collage and not missing:
+            self._collage()
+            if self.interrupts.requested:
+                raise fail(f"interrupted while tiling the collage: all {len(keys)} PNGs are stored", EXIT_INTERRUPTED)
+        elapsed = time.monotonic() - started
+        err.print(
+            Text(f"stored in {self.store_config.description} in {elapsed:.1f} s; DAGSTER_HOME={self.home}"),
+            soft_wrap=True,
+        )
+        if missing:
+            reason = f" ({self.failures[0]})" if self.failures else ""
+            raise fail(f"{missing} of {len(keys)} PNGs are missing{reason}; `{resume}` renders only those")
+        if self.failures:
+            raise fail("; ".join(self.failures))
+
+    def _setup(self) -> None:
+        """Home, backend, definitions, instance and store: any of them bad exits 2, before a run is recorded."""
+        import warnings
+
+        self.home = ensure_dagster_home()
+        if self.options.backend != "local":
+            try:
+                err.print(Text(use_backend(self.options.backend, region=self.options.region) or ""), soft_wrap=True)
+            except ValueError as exc:
+                raise fail(str(exc), EXIT_USAGE) from None
+        import dagster as dg
+
+        from fractal_pipeline.store import StoreError, image_key, store_config_from_env
+
+        warnings.filterwarnings("ignore", category=dg.BetaWarning)
+        warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+        self.image_key = image_key
+        self.defs = _load_definitions()
+        self.instance = _load_instance(self.home)
+        try:
+            self.store_config = store_config_from_env()
+            self.store = self.store_config.open()
+            self.store.check()
+        except (StoreError, ValueError) as exc:
+            raise fail(str(exc), EXIT_USAGE) from None
+        self.job = self.defs.resolve_implicit_global_asset_job_def()
+        if self.interrupts.requested:
+            raise fail("interrupted before anything was recorded", EXIT_INTERRUPTED)
+
+    def _execute(self, asset: str, run_config: dict[str, Any], poll: Any = None, tags: Any = None) -> Any:
+        """Execute one asset's run (interrupts handled by :func:`fractal_pipeline.batch.execute`)."""
+        import dagster as dg
+
+        from fractal_pipeline.batch import StopNow, execute
+
+        try:
+            return execute(
+                self.job,
+                self.instance,
+                self.interrupts,
+                *([poll] if poll else []),
+                asset_selection=[dg.AssetKey(asset)],
+                run_config=_quiet(run_config),
+                tags={SOURCE_TAG: "cli", **(tags or {})},
+            )
+        except StopNow:
+            self.stopped_at_once = True
+            return None
+
+    def _specs(self) -> tuple[list[str], str]:
+        """Run ``fractal_specs`` (with the images run's workers starting meanwhile); the keys and the resume command."""
+        options = self.options
+        config = {
+            "count": options.count,
+            "seed": options.seed,
+            "kinds": list(options.kinds) if options.kinds else None,
+            "size": options.size,
+            "palette": options.spec_palette,
+        }
+        self.early = ExitStack()
+        self._start_workers_early()
+        result = self._execute("fractal_specs", {"ops": {"fractal_specs": {"config": config}}})
+        if result is None or not result.success:
+            self.early.close()
+            if self.interrupts.requested:
+                shown = f" (run {result.run_id} CANCELED)" if result is not None else ""
+                raise fail(f"interrupted: nothing rendered{shown}", EXIT_INTERRUPTED)
+            raise fail(f"{run_failure_message(result)} (run {result.run_id})")
+        specs: list[FractalSpec] = result.output_for_node("fractal_specs")
+        used_seed = int(str(result.asset_materializations_for_node("fractal_specs")[0].metadata["seed"].value))
+        self.specs_run = result.run_id
+        self.seed = used_seed
+        return [spec.key for spec in specs], options.command(used_seed)
+
+    def _start_workers_early(self) -> None:
+        from fractal_pipeline.rendering import default_workers, workers_started_early
+        from fractal_pipeline.resources import RenderBackendResource
+
+        renderer = (self.defs.resources or {}).get("renderer")
         if isinstance(renderer, RenderBackendResource) and renderer.backend == "local":
             # The images run's render workers start now, while Dagster runs fractal_specs and creates the
             # images run on one CPU, instead of after it, when the images step starts (~0.2 s).
-            early.enter_context(workers_started_early(store_config_from_env(), workers or renderer.workers or None))
-        result = job.execute_in_process(
-            instance=instance,
-            asset_selection=[dg.AssetKey("fractal_specs")],
-            run_config=_quiet({"ops": {"fractal_specs": {"config": specs_config}}}),
-            tags=tags,
-            raise_on_error=False,
-        )
-        if not result.success:
-            raise fail(run_failure_message(result))
-        specs: list[FractalSpec] = result.output_for_node("fractal_specs")
-        materialization = result.asset_materializations_for_node("fractal_specs")[0]
-        used_seed = materialization.metadata["seed"].value
-        err.print(f"{len(specs)} specs (seed {used_seed}); run {result.run_id[:8]}")
+            wanted = self.options.workers or renderer.workers or default_workers()
+            self.early.enter_context(workers_started_early(self.store_config, min(wanted, self.options.count)))
 
-        keys = [spec.key for spec in specs]
-        order = list(instance.get_dynamic_partitions(PARTITIONS_NAME))
-        failures: list[str] = []
-        for first, last in contiguous_blocks(keys, order):
-            total = range_size(first, last, order)
-            images = _execute_with_progress(
-                job,
-                instance,
-                total,
-                "rendering",
-                asset_selection=[dg.AssetKey("fractal_images")],
-                tags={**tags, ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
-                run_config=_quiet({"ops": {"fractal_images": {"config": {"workers": workers}}}}),
+    def _images(self, keys: list[str]) -> None:
+        """The one images run that renders the keys not stored yet (none if all are)."""
+        from fractal_pipeline.assets import PARTITIONS_NAME
+        from fractal_pipeline.partitions import plan_batch
+
+        with self.early:
+            plan = plan_batch(keys, self.instance.get_dynamic_partitions(PARTITIONS_NAME), _stored(self.store, keys))
+            err.print(
+                Text(
+                    f"{len(keys)} specs (seed {self.seed}), {len(plan.stored)} already stored; "
+                    f"specs run {self.specs_run}"
+                ),
+                soft_wrap=True,
             )
-            err.print(f"images run {images.run_id[:8]}: {'success' if images.success else 'FAILED'}")
-            if not images.success:
-                failures.append(run_failure_message(images))
-    store_where = store_config_from_env().description
-    for key in keys:
-        console.print(image_key(key), highlight=False)
-    if collage and not failures:
-        collage_result = job.execute_in_process(
-            instance=instance,
-            asset_selection=[dg.AssetKey("fractal_collage")],
-            run_config=_quiet(),
-            tags=tags,
-            raise_on_error=False,
-        )
-        if not collage_result.success:
-            failures.append(run_failure_message(collage_result))
+            if plan.run is None or self.interrupts.requested:
+                return
+            with Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
+            ) as progress:
+                images = self._execute(
+                    "fractal_images",
+                    plan.run.run_config(self.options.workers),
+                    _ImagesProgress(self.instance, progress, plan.run.renders),
+                    plan.run.tags,
+                )
+        if images is None:  # stopped at once: the run was marked CANCELED
+            return
+        status = "success" if images.success else ("CANCELED" if self.interrupts.requested else "FAILED")
+        skipped = f", {plan.run.skipped} partitions of its range skipped" if plan.run.skipped else ""
+        err.print(Text(f"images run {images.run_id}: {status}{skipped}"), soft_wrap=True)
+        if not images.success and not self.interrupts.requested:
+            self.failures.append(f"{run_failure_message(images)} (run {images.run_id})")
+
+    def _collage(self) -> None:
+        from fractal_pipeline.store import collage_key
+
+        result = self._execute("fractal_collage", {})
+        if result is None or not result.success:
+            shown = f"{run_failure_message(result)} (run {result.run_id})" if result is not None else "interrupted"
+            self.failures.append(f"collage: {shown}")
         else:
-            console.print(collage_key("fractal_collage"), highlight=False)
-    elapsed = time.monotonic() - started
-    err.print(f"stored in {store_where} in {elapsed:.1f} s; DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
-    if failures:
-        raise fail("; ".join(failures))
+            console.print(Text(collage_key("fractal_collage")), highlight=False)
+
+
+def _stored(store: Any, keys: list[str]) -> set[str]:
+    """Those of ``keys`` whose PNG is in the store; exits 1 if the store cannot be read."""
+    try:
+        stored: set[str] = store.stored_images(keys)
+    except Exception as exc:  # the store went away mid-run: what is stored cannot be known
+        raise fail(
+            f"cannot list the stored PNGs ({_one_line(exc)}); run the same command again when the store is back"
+        ) from None
+    return stored
 
 
 @app.command("kinds")

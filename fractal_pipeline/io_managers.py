@@ -15,7 +15,7 @@ import dagster as dg
 from PIL import Image
 
 from fractal_pipeline.resources import FractalStoreResource
-from fractal_pipeline.store import IMAGES_PREFIX, FractalStore, collage_key, image_key
+from fractal_pipeline.store import FractalStore, collage_key, image_key
 
 
 class PngCollection:
@@ -25,10 +25,12 @@ class PngCollection:
     lists partition keys that have no stored object.
     """
 
-    def __init__(self, store: FractalStore, keys: Sequence[str], present: set[str]) -> None:
+    def __init__(self, store: FractalStore, keys: Sequence[str], stored: set[str]) -> None:
+        """``stored``: the spec keys whose PNG is stored (:meth:`FractalStore.stored_images`)."""
         self._store = store
-        self.keys = [key for key in keys if image_key(key) in present]
-        self.missing = [key for key in keys if image_key(key) not in present]
+        self.keys = [key for key in keys if key in stored]
+        #: Partitions without a PNG, including keys that are not valid spec keys (none can be stored).
+        self.missing = [key for key in keys if key not in stored]
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -66,6 +68,6 @@ class PngIOManager(dg.ConfigurableIOManager):
     def load_input(self, context: dg.InputContext) -> PngCollection | bytes:
         store = self.store.get_store()
         if context.has_asset_partitions:
-            present = set(store.list(IMAGES_PREFIX))
-            return PngCollection(store, list(context.asset_partition_keys), present)
+            keys = list(context.asset_partition_keys)
+            return PngCollection(store, keys, store.stored_images(keys))
         return store.get(collage_key(self._name(context)))

@@ -609,12 +609,16 @@ def _render_batches(
     attempts: dict[str, int] = {}
     pool = _take_early_pool(store_config, workers, min(workers, len(pending)))
     while pending:
+        if should_stop is not None and should_stop():  # never start (or restart) workers for a batch asked to stop
+            if pool is not None:
+                pool.stop()
+            return
         retry: list[str] = []
         size = min(workers, len(pending))
         pool = pool or _start_pool(store_config, size)
         executor = pool.executor
         step_store = functools.cache(store_config.open)  # this process's store: opened on its first PNG
-        interrupted = broken = completed = False
+        interrupted = broken = completed = stopped = False
         try:
             with _spawning_workers():  # workers start on submit
                 futures = {executor.submit(_work, chunk): chunk for chunk in chunked(pending, size)}
@@ -634,6 +638,7 @@ def _render_batches(
                         if heartbeat_s is not None:
                             yield None
                         if should_stop is not None and should_stop():
+                            stopped = True
                             return
                 chunk = futures[future]
                 try:
@@ -652,6 +657,7 @@ def _render_batches(
                 else:
                     yield from _store_here(outcomes, step_store)
                 if should_stop is not None and should_stop():
+                    stopped = True
                     return
             completed = True
         except BaseException:
@@ -661,7 +667,9 @@ def _render_batches(
             raise
         finally:
             pool.stop_at_exit.cancel()
-            if not interrupted:
+            if stopped:  # asked to stop: the workers may be mid-render
+                pool.stop()
+            elif not interrupted:
                 pids = {process.pid for process in _worker_processes(executor) if process.pid is not None}
                 # With every chunk done, the workers only have to exit (~30 ms: an interpreter with numpy
                 # and Pillow), which they do in the background instead of holding up the step's end.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import dagster as dg
@@ -79,10 +79,12 @@ class RenderBackendResource(dg.ConfigurableResource):
         store: StoreConfig,
         workers: int = 0,
         heartbeat_s: float | None = None,
-    ) -> Iterator[RenderResult | RenderFailure | None]:
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Generator[RenderResult | RenderFailure | None, None, None]:
         """Render and store ``keys``, yielding each outcome as soon as it is stored.
 
-        With ``heartbeat_s``, also ``None`` whenever that long passes without an outcome.
+        With ``heartbeat_s``, also ``None`` whenever that long passes without an outcome. Once
+        ``should_stop()`` says so, no more work is started and local workers are stopped.
         """
         if self.backend == "lambda":
             from fractal_pipeline.aws.lambda_backend import lambda_bucket, render_with_lambda
@@ -109,4 +111,4 @@ class RenderBackendResource(dg.ConfigurableResource):
             raise ValueError(f"renderer.backend: unknown backend {self.backend!r}; use 'local' or 'lambda'")
         count = workers or self.workers or default_workers()
         context.log.info(f"rendering {len(keys)} partitions with {min(count, len(keys))} local worker processes")
-        yield from render_many(keys, store, count, heartbeat_s=heartbeat_s)
+        yield from render_many(keys, store, count, heartbeat_s=heartbeat_s, should_stop=should_stop)

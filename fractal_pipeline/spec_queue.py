@@ -24,7 +24,13 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote_plus
 
-from fractal_pipeline.store import CREDENTIAL_VARIABLES, StoreError, aws_error_code, aws_error_message
+from fractal_pipeline.store import (
+    CREDENTIAL_VARIABLES,
+    StoreError,
+    aws_error_code,
+    aws_error_message,
+    endpoint_variable,
+)
 
 QUEUE_ENV = "FRACTALS_SPECS_QUEUE"
 #: Messages per ReceiveMessage request (SQS's maximum).
@@ -56,8 +62,9 @@ def _error(exc: BaseException) -> tuple[str, str]:
     return code, message
 
 
-def queue_error(exc: BaseException, queue: str, where: str = "") -> StoreError:
+def queue_error(exc: BaseException, queue: str, endpoint: str | None = None) -> StoreError:
     """A one-line :class:`StoreError` naming the setting to fix for a failed SQS call."""
+    where = f" at {endpoint}" if endpoint else ""
     from botocore.exceptions import BotoCoreError, NoCredentialsError
 
     if isinstance(exc, NoCredentialsError):
@@ -84,7 +91,8 @@ def queue_error(exc: BaseException, queue: str, where: str = "") -> StoreError:
         )
     if isinstance(exc, BotoCoreError):
         return StoreError(
-            f"AWS_ENDPOINT_URL: cannot reach SQS{where} ({type(exc).__name__}); check the endpoint and network",
+            f"{endpoint_variable(endpoint)}: cannot reach SQS{where} ({type(exc).__name__}); "
+            "check the endpoint and network",
             transient=True,
         )
     detail = " ".join(message.split())[:200]
@@ -162,6 +170,7 @@ class SpecQueue:
     def __init__(self, client: Any, queue: str, endpoint_url: str | None = None) -> None:
         self.client = client
         self.queue = queue
+        self.endpoint_url = endpoint_url
         self.where = f" at {endpoint_url}" if endpoint_url else ""
         self._url: str | None = None
 
@@ -169,7 +178,7 @@ class SpecQueue:
         try:
             return getattr(self.client, operation)(**kwargs)
         except Exception as exc:
-            raise queue_error(exc, self.queue, self.where) from exc
+            raise queue_error(exc, self.queue, self.endpoint_url) from exc
 
     @property
     def url(self) -> str:

@@ -14,7 +14,8 @@ import functools
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ SPECS_PREFIX = "specs/"
 # backslashes, no absolute paths, no look-alike unicode.
 _OBJECT_KEY_RE = re.compile(r"[a-z0-9][a-z0-9_-]*(/[a-z0-9][a-z0-9_.-]*)*")
 MAX_OBJECT_KEY = 200
+#: S3's bucket naming rules (also those of MinIO and other S3-compatible servers).
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 class StoreError(RuntimeError):
@@ -98,9 +101,30 @@ def default_local_dir() -> str:
     return ".fractals"
 
 
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "MINIO_ENDPOINT")
+
+
 def endpoint_from_env() -> str | None:
-    """S3 endpoint override: ``AWS_ENDPOINT_URL``, or ``MINIO_ENDPOINT`` as an alias."""
-    return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MINIO_ENDPOINT") or None
+    """S3 endpoint override: ``AWS_ENDPOINT_URL``, or ``MINIO_ENDPOINT`` as an alias.
+
+    ValueError, naming the variable that is set, if it is not an http(s) URL.
+    """
+    for name in ENDPOINT_VARIABLES:
+        value = (os.environ.get(name) or "").strip()
+        if value:
+            parsed = urllib.parse.urlsplit(value)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise ValueError(f"{name}: {value!r} is not an http(s) URL; use e.g. http://127.0.0.1:9000")
+            return value
+    return None
+
+
+def endpoint_variable(endpoint: str | None) -> str:
+    """The environment variable that set ``endpoint`` (for errors about it)."""
+    for name in ENDPOINT_VARIABLES:
+        if endpoint and (os.environ.get(name) or "").strip() == endpoint:
+            return name
+    return ENDPOINT_VARIABLES[0]
 
 
 def store_config_from_env() -> StoreConfig:
@@ -142,6 +166,26 @@ class FractalStore:
         """Raise StoreError with the setting to fix if the store is unusable."""
         raise NotImplementedError
 
+    def stored_images(self, spec_keys: Iterable[str]) -> set[str]:
+        """Those of ``spec_keys`` whose PNG is stored (one listing; a key that is not a valid spec key never is)."""
+        present = set(self.list(IMAGES_PREFIX))
+        stored = set()
+        for key in spec_keys:
+            try:
+                if image_key(key) in present:
+                    stored.add(key)
+            except ValueError:  # InvalidSpec: no PNG can be stored under it
+                continue
+        return stored
+
+
+@functools.cache
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file under this process's umask (``mkstemp`` makes them 0600)."""
+    umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
+
 
 class LocalStore(FractalStore):
     """PNGs in a local folder. Writes go to a temp file, then rename: a crash
@@ -167,6 +211,7 @@ class LocalStore(FractalStore):
         except (FileExistsError, NotADirectoryError) as exc:
             raise StoreError(f"key: {key!r} lies under an existing object in {self.root}; use another key") from exc
         try:
+            os.fchmod(fd, _new_file_mode())
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
             os.replace(tmp, path)
@@ -361,11 +406,17 @@ class S3Store(FractalStore):
         return ""
 
     def check(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
 
         where = f" at {self.config.endpoint_url}" if self.config.endpoint_url else ""
+        invalid = StoreError(
+            f"FRACTALS_BUCKET: {self.bucket!r} is not a valid bucket name; use 3-63 lower-case letters, digits, "
+            "dots and hyphens, starting and ending with a letter or digit"
+        )
         try:
             self.client.head_bucket(Bucket=self.bucket)
+        except ParamValidationError as exc:
+            raise invalid from exc
         except NoCredentialsError as exc:
             raise StoreError(
                 "AWS_ACCESS_KEY_ID: no AWS credentials found; "
@@ -377,6 +428,8 @@ class S3Store(FractalStore):
                 raise StoreError(
                     f"FRACTALS_BUCKET: bucket {self.bucket!r} does not exist{where}; create it or fix FRACTALS_BUCKET"
                 ) from exc
+            if code in {"400", "InvalidBucketName"} and not _BUCKET_RE.fullmatch(self.bucket):
+                raise invalid from exc
             if code in {"403", "Forbidden"}:
                 code = self._denied_code() or code
             if code in CREDENTIAL_ERRORS:
@@ -388,7 +441,8 @@ class S3Store(FractalStore):
                 ) from exc
             raise StoreError(f"FRACTALS_BUCKET: bucket {self.bucket!r}{where} is not usable ({code})") from exc
         except BotoCoreError as exc:
+            variable = endpoint_variable(self.config.endpoint_url)
             raise StoreError(
-                f"AWS_ENDPOINT_URL: cannot reach S3{where} ({type(exc).__name__}); check the endpoint and network",
+                f"{variable}: cannot reach S3{where} ({type(exc).__name__}); check the endpoint and network",
                 transient=True,
             ) from exc

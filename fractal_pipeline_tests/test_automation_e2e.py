@@ -156,10 +156,11 @@ def test_schedule_runs_specs_then_the_new_partitions_render_in_one_run(
         dagster_event=_success_event(instance, specs_run.run_id),
         dagster_instance=instance,
         dagster_run=specs_run.dagster_run,
+        resources={"store": defs.resources["store"]},
     )
-    requests = sensor(context)
-    assert isinstance(requests, list) and len(requests) == 1  # one batched run for the new partitions
-    run = requests[0]
+    run = sensor(context)
+    assert isinstance(run, dg.RunRequest)  # one batched run for the new partitions
+    assert run.run_config == {"ops": {"fractal_images": {"config": {"workers": 0}}}}  # nothing to skip: no `only`
     assert run.job_name == RENDER_JOB_NAME and run.run_key == f"{RANDOM_JOB_NAME}:{specs_run.run_id}"
     assert (run.tags[ASSET_PARTITION_RANGE_START_TAG], run.tags[ASSET_PARTITION_RANGE_END_TAG]) == (keys[0], keys[-1])
 
@@ -170,7 +171,7 @@ def test_schedule_runs_specs_then_the_new_partitions_render_in_one_run(
     assert sorted(p.name for p in (local_env / "fractals").glob("*.png")) == sorted(f"{k}.png" for k in keys)
     # evaluated again (e.g. after a restart), nothing is left to render
     again = sensor(context)
-    assert isinstance(again, dg.SkipReason) and "already rendered" in (again.skip_message or "")
+    assert isinstance(again, dg.SkipReason) and "already stored" in (again.skip_message or "")
 
 
 def test_collage_is_requested_once_after_image_partitions_land(local_env: Path, instance: dg.DagsterInstance) -> None:

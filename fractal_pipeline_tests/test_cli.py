@@ -85,14 +85,14 @@ def test_fractal_pipeline_run_prints_stored_keys(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--count", "0"], "error: count: 0 is out of range"),
+        (["--count", "0"], "error: --count: 0 is out of range"),
         (["--kinds", "dragn"], "did you mean 'dragon'"),
         (["--size", "5"], "size: 5 px is out of range"),
     ],
 )
 def test_fractal_pipeline_run_bad_input_is_one_line(tmp_path: Path, args: list[str], expected: str) -> None:
     run = _run([BIN / "fractal-pipeline", "run", *args], _env(tmp_path))
-    assert run.returncode != 0
+    assert run.returncode == 2
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and expected in lines[0], run.stderr
 

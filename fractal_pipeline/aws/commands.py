@@ -24,7 +24,8 @@ from fractal_pipeline.aws.deploy import (
     destroy,
     stack_outputs,
 )
-from fractal_pipeline.console import fail
+from fractal_pipeline.aws.session import AwsSettingsError, require_credentials, resolve_region
+from fractal_pipeline.console import EXIT_FAILED, EXIT_USAGE, fail
 from fractal_pipeline.store import aws_error_code, aws_error_message
 
 console = Console()
@@ -38,7 +39,20 @@ OUTPUT_ENV = {"BucketName": "FRACTALS_BUCKET", "RenderFunctionName": "FRACTALS_L
 StackOption = Annotated[
     str | None, typer.Option("--stack", help=f"Stack name (default: $FRACTALS_STACK or {DEFAULT_STACK})")
 ]
-RegionOption = Annotated[str | None, typer.Option("--region", help="AWS region (default: AWS_REGION / profile)")]
+RegionOption = Annotated[
+    str | None,
+    typer.Option("--region", help="AWS region (default: AWS_REGION, then AWS_DEFAULT_REGION, then the profile's)"),
+]
+
+
+def aws_settings(region: str | None) -> str:
+    """The region to use, with credentials checked: one line and exit 2 if either is missing."""
+    try:
+        chosen = resolve_region(region)
+        require_credentials()
+    except AwsSettingsError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    return chosen
 
 
 def stack_name(stack: str | None = None) -> str:
@@ -104,7 +118,8 @@ def deploy_command(
     try:
         body = template.read_text()
     except OSError as exc:
-        raise fail(f"--template: cannot read {template}: {exc.strerror}", 2) from None
+        raise fail(f"--template: cannot read {template}: {exc.strerror}", EXIT_USAGE) from None
+    region = aws_settings(region)
     try:
         parameters = _parameters(bucket, app_image_tag, render_image_tag, ui_cidr, vpc, subnets, param or [])
 
@@ -123,7 +138,7 @@ def deploy_command(
             create_parameters=network,
         )
     except DeployError as exc:
-        raise fail(str(exc), 2 if str(exc).startswith("--") else 1) from None
+        raise fail(str(exc), EXIT_USAGE if str(exc).startswith("--") else EXIT_FAILED) from None
     except (ClientError, BotoCoreError) as exc:
         raise fail(f"stack {name}: {_aws_error(exc)}") from None
     for key, value in sorted(result.outputs.items()):
@@ -139,6 +154,7 @@ def destroy_command(stack: StackOption = None, region: RegionOption = None) -> N
     from botocore.exceptions import BotoCoreError, ClientError
 
     name = stack_name(stack)
+    region = aws_settings(region)
     try:
         destroy(name, cfn=client("cloudformation", region), echo=_echo)
     except DeployError as exc:
@@ -168,6 +184,11 @@ def use_backend(backend: str, stack: str | None = None, region: str | None = Non
     from botocore.exceptions import BotoCoreError, ClientError
 
     name = stack_name(stack)
+    try:
+        region = resolve_region(region)
+        require_credentials()
+    except AwsSettingsError as exc:
+        raise ValueError(f"--backend lambda: {exc}") from None
     cfn: Any = client("cloudformation", region)
     where = cfn.meta.region_name
     try:
@@ -188,4 +209,5 @@ def use_backend(backend: str, stack: str | None = None, region: str | None = Non
     for key, env in OUTPUT_ENV.items():
         os.environ[env] = outputs[key]
     os.environ["FRACTAL_DEPLOYMENT"] = "aws"
+    os.environ["AWS_REGION"] = region  # the run's Lambda and S3 clients use the stack's region
     return f"rendering on Lambda {outputs['RenderFunctionName']} (stack {name}), PNGs in s3://{outputs['BucketName']}"

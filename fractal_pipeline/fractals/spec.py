@@ -188,6 +188,49 @@ def check_budget(spec: FractalSpec, max_segments: int = SEGMENT_BUDGET) -> int:
     return segments
 
 
+def _random_space(kinds: Iterable[str] | None, size: int, palette: str | None) -> list[FractalSpec]:
+    names = sorted(KINDS) if kinds is None else sorted(set(kinds))
+    if not names:
+        raise InvalidSpec("kinds", "is empty; leave it unset for all kinds or name at least one")
+    for name in names:
+        FractalSpec(name, 0)  # raises the did-you-mean error for unknown kinds
+    palettes = sorted(PALETTES) if palette is None else [palette]
+    return [
+        FractalSpec(name, depth, size, pal)
+        for name in names
+        for depth in range(KINDS[name].random_depths[0], KINDS[name].random_depths[1] + 1)
+        for pal in palettes
+    ]
+
+
+def max_random_specs(kinds: Iterable[str] | None = None, palette: str | None = DEFAULT_PALETTE) -> int:
+    """How many distinct specs :func:`random_specs` can draw for these kinds and palette (any size)."""
+    return min(MAX_SPECS, len(_random_space(kinds, DEFAULT_SIZE, palette)))
+
+
+def check_random_count(count: object, kinds: Iterable[str] | None = None, palette: str | None = DEFAULT_PALETTE) -> int:
+    """``count`` as an int if :func:`random_specs` can draw that many distinct specs, else
+    :class:`InvalidSpec` naming the real limit and advice that fits the options given."""
+    count = _as_int("count", count)
+    limit = max_random_specs(kinds, palette)
+    if 1 <= count <= limit:
+        return count
+    if count < 1 or limit == MAX_SPECS:
+        raise InvalidSpec("count", f"{count:,} is out of range: allowed 1..{limit:,}")
+    fixes = ["ask for fewer"]
+    if kinds is not None and len(set(kinds)) < len(KINDS):
+        fixes.append("name more kinds")
+    if palette is not None:
+        fixes.append("use a random palette")
+    chosen = ("these kinds" if kinds is not None else "all 26 kinds") + (
+        " with a random palette" if palette is None else f" in the {palette} palette"
+    )
+    advice = fixes[0] if len(fixes) == 1 else ", ".join(fixes[:-1]) + " or " + fixes[-1]
+    raise InvalidSpec(
+        "count", f"{count:,} is out of range: allowed 1..{limit:,}, the distinct specs of {chosen}; {advice}"
+    )
+
+
 def random_specs(
     count: int,
     seed: int | None = None,
@@ -200,26 +243,7 @@ def random_specs(
     Depths come from each kind's ``random_depths`` range (a good-looking image
     in bounded time). ``palette=None`` picks a palette per spec at random.
     """
-    count = _as_int("count", count)
-    if not 1 <= count <= MAX_SPECS:
-        raise InvalidSpec("count", f"{count} is out of range: allowed 1..{MAX_SPECS:,}")
-    names = sorted(KINDS) if kinds is None else sorted(set(kinds))
-    if not names:
-        raise InvalidSpec("kinds", "is empty; leave it unset for all kinds or name at least one")
-    for name in names:
-        FractalSpec(name, 0)  # raises the did-you-mean error for unknown kinds
-    palettes = sorted(PALETTES) if palette is None else [palette]
-    space = [
-        FractalSpec(name, depth, size, pal)
-        for name in names
-        for depth in range(KINDS[name].random_depths[0], KINDS[name].random_depths[1] + 1)
-        for pal in palettes
-    ]
-    if count > len(space):
-        raise InvalidSpec(
-            "count",
-            f"{count} is more than the {len(space)} distinct specs for these kinds and palette; "
-            "ask for fewer, add kinds, or use a random palette",
-        )
+    count = check_random_count(count, kinds, palette)
+    space = _random_space(kinds, size, palette)
     rng = random.Random(secrets.randbits(64) if seed is None else seed)
     return rng.sample(space, count)
