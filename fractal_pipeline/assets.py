@@ -342,9 +342,10 @@ class CancelWatch:
         self._asked_at = 0.0
         self._requested = False
 
-    def requested(self) -> bool:
+    def requested(self, now_or_never: bool = False) -> bool:
+        """Whether the run is to stop; ``now_or_never`` asks the instance even if it was asked just now."""
         now = time.monotonic()
-        if not self._requested and now - self._asked_at >= CANCEL_POLL_S:
+        if not self._requested and (now_or_never or now - self._asked_at >= CANCEL_POLL_S):
             self._asked_at = now
             run = self._instance.get_run_by_id(self._run_id)
             self._requested = run is not None and run.status in (
@@ -437,7 +438,7 @@ def _render_images(
         # Dagster turns an interrupt inside the step into a retry when the step has a RetryPolicy,
         # so a run terminated from the UI or `fractal-pipeline cancel` would start rendering again.
         # The workers are already stopped (render_many); a requested termination ends the step.
-        if not cancel.requested():
+        if not cancel.requested(now_or_never=True):
             raise
         raise _canceled(len(done), total) from exc
     except BaseException:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -83,11 +85,15 @@ def _load_instance(home: Path) -> dg.DagsterInstance:
     try:
         return dg.DagsterInstance.from_config(str(home))
     except Exception as exc:  # YAML, config schema, storage class or database: all mean the home is unusable
-        raise fail(
-            f"DAGSTER_HOME: the instance in {home} cannot be loaded ({_one_line(exc)}); "
-            f"fix {home / 'dagster.yaml'} or point DAGSTER_HOME at another folder",
-            EXIT_USAGE,
-        ) from None
+        raise _unusable_home(home, exc) from None
+
+
+def _unusable_home(home: Path, exc: Exception) -> typer.Exit:
+    return fail(
+        f"DAGSTER_HOME: the instance in {home} cannot be loaded ({_one_line(exc)}); "
+        f"fix {home / 'dagster.yaml'} or point DAGSTER_HOME at another folder",
+        EXIT_USAGE,
+    )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -127,20 +133,27 @@ def _quiet(run_config: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 class _ImagesProgress:
-    """The progress bar of an images run: PNGs recorded, and what the run waits for when it waits."""
+    """The progress bar of an images run: PNGs recorded, and what the run waits for when it waits.
 
-    #: Without a new PNG for this long, the bar says so (a store that does not answer retries for a while).
+    While a step retry waits (after a storage outage), it says so and counts down. When no PNG is
+    recorded for :data:`STALL_S`, it asks the store itself, in a thread, whether it answers: a worker
+    whose upload fails retries for ~30 s before the step hears of it.
+    """
+
     STALL_S = 5.0
 
-    def __init__(self, instance: dg.DagsterInstance, progress: Progress, total: int) -> None:
+    def __init__(self, instance: dg.DagsterInstance, progress: Progress, total: int, store: Any) -> None:
         self.instance = instance
         self.progress = progress
         self.task = progress.add_task("rendering", total=total)
         self.total = total
+        self.store = store
         self.done = 0
         self.cursor: str | None = None
         self.last_change = time.monotonic()
         self.retry_until: float | None = None
+        self.probe: threading.Thread | None = None
+        self.unreachable = False
 
     def __call__(self, run_id: str) -> None:
         import dagster as dg
@@ -159,15 +172,35 @@ class _ImagesProgress:
             else:
                 self.done += 1
                 self.retry_until = None
+                self.unreachable = False
             self.last_change = now
+        stalled = now - self.last_change >= self.STALL_S
+        if stalled and (self.probe is None or not self.probe.is_alive()):
+            self.probe = threading.Thread(target=self._ask_store, daemon=True)
+            self.probe.start()
+        self.progress.update(self.task, completed=min(self.done, self.total), description=self._label(now, stalled))
+
+    def _label(self, now: float, stalled: bool) -> str:
+        where = self.store.config.description
         if self.retry_until is not None:
-            left = max(0.0, self.retry_until - now)
-            label = f"storage unreachable: retrying in {left:.0f} s" if left else "storage unreachable: retrying"
-        elif now - self.last_change >= self.STALL_S:
-            label = f"rendering (no PNG stored for {now - self.last_change:.0f} s: waiting for the store)"
-        else:
-            label = "rendering"
-        self.progress.update(self.task, completed=min(self.done, self.total), description=label)
+            left = self.retry_until - now
+            return f"storage unreachable: retry in {left:.0f} s" if left >= 1 else "storage unreachable: retrying"
+        if stalled and self.unreachable:
+            return f"storage unreachable at {where}: uploads are being retried"
+        if stalled:
+            return f"rendering (no PNG stored for {now - self.last_change:.0f} s)"
+        return "rendering"
+
+    def _ask_store(self) -> None:
+        from fractal_pipeline.store import StoreError
+
+        try:
+            self.store.check()
+            self.unreachable = False
+        except StoreError as exc:
+            self.unreachable = exc.transient
+        except Exception:  # the store's own answer is what matters here; anything else says nothing
+            self.unreachable = False
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -354,7 +387,7 @@ class _Batch:
                 images = self._execute(
                     "fractal_images",
                     plan.run.run_config(self.options.workers),
-                    _ImagesProgress(self.instance, progress, plan.run.renders),
+                    _ImagesProgress(self.instance, progress, plan.run.renders, self.store),
                     plan.run.tags,
                 )
         if images is None:  # stopped at once: the run was marked CANCELED
@@ -390,17 +423,40 @@ def _stored(store: Any, keys: list[str]) -> set[str]:
 @app.command("kinds")
 def kinds_command() -> None:
     """List the 26 kinds with their depth range and segments at the default depth."""
-    table = Table("kind", "angle", "default depth", "random depths", "max depth", "segments at default")
-    for kind in KINDS.values():
-        table.add_row(
+    rows = [
+        [
             kind.name,
-            str(kind.angle),
             str(kind.default_depth),
             f"{kind.random_depths[0]}..{kind.random_depths[1]}",
             str(kind.max_depth),
             f"{kind.segment_count(kind.default_depth):,}",
-        )
-    console.print(table)
+            str(kind.angle),
+        ]
+        for kind in KINDS.values()
+    ]
+    headers = ["kind", "default depth", "random depths", "max depth", "segments at default", "angle"]
+    optional = headers[:1:-1]  # from the right: angle first; kind and default depth always stay
+    console.print(_fitted_table(headers, rows, optional, right=("segments at default",)))
+
+
+def _fitted_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str | Text]], optional: Sequence[str], right: Sequence[str] = ()
+) -> Table:
+    """A table of ``rows`` that fits the terminal: ``optional`` columns are dropped, in that order, until the
+    rest fit; what still does not fit wraps. A key, id or kind is never cut short."""
+    widths = [
+        max(len(cell.plain if isinstance(cell, Text) else cell) for cell in [header, *(row[index] for row in rows)]) + 3
+        for index, header in enumerate(headers)
+    ]
+    shown = list(range(len(headers)))
+    for name in optional:
+        if sum(widths[index] for index in shown) + 1 <= console.width:
+            break
+        shown.remove(headers.index(name))
+    table = _plain_table(*(headers[index] for index in shown), right=right)
+    for row in rows:
+        _row(table, *(row[index] for index in shown))
+    return table
 
 
 @app.command("render")
@@ -418,11 +474,21 @@ def render_command(
         started = time.perf_counter()
         data = render_png(spec)
     except InvalidSpec as exc:
-        raise fail(str(exc), 2) from None
+        raise fail(str(exc), EXIT_USAGE) from None
     path = output or Path(f"{spec.key}.png")
-    path.write_bytes(data)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder")
+        path.write_bytes(data)
+    except OSError as exc:
+        raise fail(
+            f"--output: cannot write {path} ({exc.strerror or exc}); give a file path in an existing, writable folder",
+            EXIT_USAGE,
+        ) from None
     elapsed = (time.perf_counter() - started) * 1000
-    console.print(f"{path}: {spec.key}, {spec.segments:,} segments, {len(data):,} bytes, {elapsed:.0f} ms")
+    console.print(
+        Text(f"{path}: {spec.key}, {spec.segments:,} segments, {len(data):,} bytes, {elapsed:.0f} ms"), highlight=False
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,11 +507,13 @@ def _read_instance() -> tuple[dg.DagsterInstance, Path]:
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-    home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).expanduser().resolve()
+    home = _home_path()
     try:
         return open_instance(home), home
     except ObservabilityError as exc:
-        raise fail(str(exc)) from None
+        raise fail(str(exc), EXIT_USAGE) from None
+    except Exception as exc:  # a dagster.yaml or storage that cannot be loaded
+        raise _unusable_home(home, exc) from None
 
 
 def _resolve_run(instance: dg.DagsterInstance, home: Path, prefix: str) -> str:
@@ -454,7 +522,7 @@ def _resolve_run(instance: dg.DagsterInstance, home: Path, prefix: str) -> str:
     try:
         return resolve_run_id(instance, prefix)
     except ObservabilityError as exc:
-        raise fail(f"{exc} (DAGSTER_HOME={home})") from None
+        raise fail(f"{exc} (DAGSTER_HOME={home})", EXIT_USAGE) from None
 
 
 def _clock(timestamp: float | None) -> str:
@@ -486,8 +554,10 @@ def _status(status: str) -> Text:
 
 
 def _plain_table(*columns: str, right: Sequence[str] = ()) -> Table:
+    """A table whose cells wrap in a narrow or piped terminal: a key, id or kind is never cut short."""
     table = Table(*columns)
     for column in table.columns:
+        column.overflow = "fold"
         if column.header in right:
             column.justify = "right"
     return table
@@ -503,7 +573,8 @@ def _run_heading(info: Any) -> Text:
     if info.partitions:
         count = f", {info.partition_count} partitions" if info.partition_count else ""
         what += f" ({info.partitions}{count})"
-    return Text.assemble(("run " + info.short_id, "bold"), " ", _status(info.status), f" · {info.source} · {what}")
+    # The full id: it is what the UI opens (/runs/<id>); the 8-character prefix only works on this CLI.
+    return Text.assemble(("run " + info.run_id, "bold"), " ", _status(info.status), f" · {info.source} · {what}")
 
 
 def _note_run_state(info: Any, lines: Sequence[Any] = ()) -> None:
@@ -529,25 +600,26 @@ def runs_command(
             Text(f"no runs in {home} yet; start one with `fractal-pipeline run` or `dagster dev`"), soft_wrap=True
         )
         return
-    table = _plain_table("run", "status", "started", "duration", "assets", "partitions", "launched by")
-    for column in table.columns[:4]:
-        column.no_wrap = True
-    table.caption = f"{len(runs)} of {instance.get_runs_count()} runs in {home}"
+    rows: list[list[str | Text]] = []
     for run in runs:
         duration = _seconds(run.duration())
         partitions = run.partitions
         if run.partition_count and "..." in partitions:
             partitions += f" ({run.partition_count})"
-        _row(
-            table,
-            run.short_id,
-            _status(run.status),
-            _clock(run.start or run.created),
-            duration if run.finished else f"{duration} (running)".strip(),
-            ", ".join(run.assets),
-            partitions,
-            run.source,
+        rows.append(
+            [
+                run.short_id,
+                _status(run.status),
+                _clock(run.start or run.created),
+                duration if run.finished else f"{duration} (running)".strip(),
+                ", ".join(run.assets),
+                partitions,
+                run.source,
+            ]
         )
+    headers = ["run", "status", "started", "duration", "assets", "partitions", "launched by"]
+    table = _fitted_table(headers, rows, optional=("partitions", "launched by", "started", "duration"))
+    table.caption = f"{len(runs)} of {instance.get_runs_count()} runs in {home}"
     console.print(table)
 
 
@@ -712,8 +784,21 @@ register_aws_commands(app)  # deploy, destroy
 
 
 def main() -> None:
-    """Console-script entry point."""
-    sys.exit(app())
+    """Console-script entry point: usage errors (an unknown option, a value of the wrong type) in one line."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort:  # Ctrl-C outside a run (at a prompt, while starting)
+        fail("interrupted", EXIT_INTERRUPTED)
+        code = EXIT_INTERRUPTED
+    except typer.TyperException as exc:  # click's usage errors, as typer raises them
+        context = getattr(exc, "ctx", None)
+        command = getattr(context, "command_path", None) or "fractal-pipeline"
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        fail(f"{' '.join(message.split()).rstrip('.')}; see `{command} --help`", EXIT_USAGE)
+        code = EXIT_USAGE
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -316,12 +316,12 @@ CREDENTIAL_ERRORS = {
 }
 
 
-def _aws_client(service: str, endpoint_url: str | None, region_name: str | None) -> Any:
-    """A boto3 client with adaptive retries (outages are retried with backoff)."""
+def _aws_client(service: str, endpoint_url: str | None, region_name: str | None, attempts: int = 8) -> Any:
+    """A boto3 client with adaptive retries (outages are retried with backoff, ~30 s for 8 attempts)."""
     import boto3
     from botocore.config import Config
 
-    config = Config(retries={"max_attempts": 8, "mode": "adaptive"}, connect_timeout=5, read_timeout=30)
+    config = Config(retries={"max_attempts": attempts, "mode": "adaptive"}, connect_timeout=5, read_timeout=30)
     return boto3.client(service, endpoint_url=endpoint_url, region_name=region_name or "us-east-1", config=config)
 
 
@@ -351,6 +351,14 @@ class S3Store(FractalStore):
         if self._client is None:
             self._client = s3_client(self.config.endpoint_url, self.config.region_name)
         return self._client
+
+    @functools.cached_property
+    def check_client(self) -> Any:
+        """What :meth:`check` asks with: the given client, else one with few retries, so that a store that is
+        down says so in seconds instead of after the ~30 s an upload retries for."""
+        if self._client is not None:
+            return self._client
+        return _aws_client("s3", self.config.endpoint_url, self.config.region_name, attempts=2)
 
     def put(self, key: str, data: bytes) -> str:
         self.client.put_object(Bucket=self.bucket, Key=validate_object_key(key), Body=data, ContentType="image/png")
@@ -414,7 +422,7 @@ class S3Store(FractalStore):
             "dots and hyphens, starting and ending with a letter or digit"
         )
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self.check_client.head_bucket(Bucket=self.bucket)
         except ParamValidationError as exc:
             raise invalid from exc
         except NoCredentialsError as exc:

@@ -178,7 +178,7 @@ def test_cancel_queued_unlaunched_finished_in_process_and_unknown_runs(tmp_path:
     assert code == 0 and out.startswith(f"run {in_process[:8]} CANCELED"), err
 
     code, out, err = _invoke(home, "cancel", "ffff0000")
-    assert code == 1 and out == "" and err.count("\n") == 1
+    assert code == 2 and out == "" and err.count("\n") == 1
     assert "no run starts with 'ffff0000'; `fractal-pipeline runs` lists them" in err
 
     with dg.DagsterInstance.from_config(str(home)) as instance:

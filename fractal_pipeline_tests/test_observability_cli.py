@@ -197,7 +197,7 @@ def test_unknown_run_id_is_one_line_and_fails(recorded: Recorded) -> None:
         p for p in ("ffffffff", "eeeeeeee", "dddddddd") if not any(r.startswith(p) for r in recorded.runs.values())
     )
     result = _cli(["logs", unknown], recorded.env)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.strip().count("\n") == 0
     assert f"no run starts with '{unknown}'" in result.stderr and "fractal-pipeline runs" in result.stderr
@@ -278,7 +278,7 @@ def edge_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
 def test_ambiguous_prefix_lists_candidates_and_full_id_works(edge_home: tuple[Path, Path]) -> None:
     home, _ = edge_home
     code, out, err = _invoke(home, "logs", "aaaa")
-    assert code == 1 and out == ""
+    assert code == 2 and out == ""
     assert err.strip().count("\n") == 0
     assert "'aaaa' is ambiguous, it matches aaaa1111, aaaa2222; type more characters" in err
     code, out, err = _invoke(home, "logs", CHATTY)
@@ -286,7 +286,7 @@ def test_ambiguous_prefix_lists_candidates_and_full_id_works(edge_home: tuple[Pa
     assert "hello from stdout" in out.split("stdout of chatty")[1].split("stderr of chatty")[0]
     assert "hello from stderr" in out.split("stderr of chatty")[1]
     code, out, err = _invoke(home, "logs", "not-a-run!")
-    assert code == 1 and "is not a run id" in err and err.strip().count("\n") == 0
+    assert code == 2 and "is not a run id" in err and err.strip().count("\n") == 0
 
 
 def test_failed_run_says_why(edge_home: tuple[Path, Path]) -> None:
@@ -321,10 +321,10 @@ def test_empty_or_missing_instance_is_one_clear_line(tmp_path: Path) -> None:
     assert code == 0 and out == ""
     assert err.strip() == f"no runs in {empty} yet; start one with `fractal-pipeline run` or `dagster dev`"
     code, out, err = _invoke(empty, "events", "abc123")
-    assert code == 1 and "no runs in this instance yet" in err and err.strip().count("\n") == 0
+    assert code == 2 and "no runs in this instance yet" in err and err.strip().count("\n") == 0
     missing = tmp_path / "missing"
     code, out, err = _invoke(missing, "logs", "abc123")
-    assert code == 1 and f"no Dagster instance at {missing}" in err and err.strip().count("\n") == 0
+    assert code == 2 and f"no Dagster instance at {missing}" in err and err.strip().count("\n") == 0
     assert not missing.exists()
 
 
