@@ -512,3 +512,41 @@ def test_requested_ranges_render_exactly_the_files_specs(s3_env: dict[str, str],
         "fractals/levy_c_4-32px.png",
         "fractals/sierpinski_2-32px.png",
     ]
+
+
+def test_a_file_over_scattered_partitions_is_one_run_that_renders_only_its_unstored_specs(
+    s3_env: dict[str, str], instance: dg.DagsterInstance
+) -> None:
+    from fractal_pipeline.fractals import FractalSpec, render_png
+
+    earlier = ["dragon_5-32px", "levy_c_4-32px", "koch_snowflake_2-32px", "sierpinski_2-32px", "hilberts_3-32px"]
+    instance.add_dynamic_partitions(PARTITIONS_NAME, earlier)  # registered before, by other files or runs
+    put(s3_env, "fractals/levy_c_4-32px.png", render_png(FractalSpec.from_key("levy_c_4-32px")))  # one is stored
+    put(s3_env, "specs/mixed.csv", "kind,depth,size\ndragon,5,32\nlevy_c,4,32\nsierpinski,2,32\nmoore,2,32\n")
+    result = FakeDaemon(instance, s3_env).tick()
+    (run,) = result.run_requests  # one run, however scattered the file's partitions are
+    assert (run.tags[ASSET_PARTITION_RANGE_START_TAG], run.tags[ASSET_PARTITION_RANGE_END_TAG]) == (
+        "dragon_5-32px",
+        "moore_2-32px",  # registered by this tick, at the end
+    )
+    config = run.run_config["ops"]["fractal_images"]["config"]
+    assert config["only"] == ["dragon_5-32px", "sierpinski_2-32px", "moore_2-32px"]  # not the stored levy_c
+    outcome = (
+        build_definitions()
+        .resolve_job_def(RENDER_JOB_NAME)
+        .execute_in_process(
+            instance=instance,
+            tags=run.tags,
+            run_config={"ops": {"fractal_images": {"config": {**config, "workers": 1}}}},
+        )
+    )
+    assert outcome.success
+    rendered = sorted(m.partition or "" for m in outcome.asset_materializations_for_node("fractal_images"))
+    assert rendered == ["dragon_5-32px", "moore_2-32px", "sierpinski_2-32px"]  # koch and hilberts: not the file's
+    pngs = s3_client(s3_env["AWS_ENDPOINT_URL"]).list_objects_v2(Bucket=s3_env["FRACTALS_BUCKET"], Prefix="fractals/")
+    assert sorted(o["Key"] for o in pngs["Contents"]) == [
+        "fractals/dragon_5-32px.png",
+        "fractals/levy_c_4-32px.png",
+        "fractals/moore_2-32px.png",
+        "fractals/sierpinski_2-32px.png",
+    ]

@@ -188,7 +188,7 @@ def use_backend(backend: str, stack: str | None = None, region: str | None = Non
         region = resolve_region(region)
         require_credentials()
     except AwsSettingsError as exc:
-        raise ValueError(f"--backend lambda: {exc}") from None
+        raise ValueError(str(exc)) from None
     cfn: Any = client("cloudformation", region)
     where = cfn.meta.region_name
     try:
