@@ -248,13 +248,15 @@ class _Batch:
         self.interrupts = interrupts
         self.stopped_at_once = False
         self.failures: list[str] = []
+        #: Keys this command saw stored: before its images run, and recorded by it (each after its PNG was written).
+        self.seen_stored: set[str] = set()
 
     def run(self) -> None:
         self._setup()
         started = time.monotonic()
         keys, resume = self._specs()
         self._images(keys)
-        stored = _stored(self.store, keys)
+        stored = _stored(self.store, keys, self.seen_stored)
         for key in keys:
             if key in stored:
                 console.print(Text(self.image_key(key)), highlight=False, soft_wrap=True)
@@ -372,6 +374,7 @@ class _Batch:
 
         with self.early:
             plan = plan_batch(keys, self.instance.get_dynamic_partitions(PARTITIONS_NAME), _stored(self.store, keys))
+            self.seen_stored.update(plan.stored)
             err.print(
                 Text(
                     f"{len(keys)} specs (seed {self.seed}), {len(plan.stored)} already stored; "
@@ -392,6 +395,7 @@ class _Batch:
                 )
         if images is None:  # stopped at once: the run was marked CANCELED
             return
+        self.seen_stored.update(m.partition for m in images.asset_materializations_for_node("fractal_images"))
         status = "success" if images.success else ("CANCELED" if self.interrupts.requested else "FAILED")
         skipped = f", {plan.run.skipped} partitions of its range skipped" if plan.run.skipped else ""
         err.print(Text(f"images run {images.run_id}: {status}{skipped}"), soft_wrap=True)
@@ -409,14 +413,22 @@ class _Batch:
             console.print(Text(collage_key("fractal_collage")), highlight=False)
 
 
-def _stored(store: Any, keys: list[str]) -> set[str]:
-    """Those of ``keys`` whose PNG is in the store; exits 1 if the store cannot be read."""
+def _stored(store: Any, keys: list[str], known: set[str] | None = None) -> set[str]:
+    """Those of ``keys`` whose PNG is in the store.
+
+    If the store cannot be listed (it went away mid-run), ``known`` is what this command saw stored:
+    the keys stored before it and the partitions its run recorded, each recorded only once its PNG was
+    written. Without ``known``, that is an error: exit 1.
+    """
     try:
         stored: set[str] = store.stored_images(keys)
-    except Exception as exc:  # the store went away mid-run: what is stored cannot be known
-        raise fail(
-            f"cannot list the stored PNGs ({_one_line(exc)}); run the same command again when the store is back"
-        ) from None
+    except Exception as exc:  # the store went away mid-run
+        if known is None:
+            raise fail(
+                f"cannot list the stored PNGs ({_one_line(exc)}); run the same command again when the store is back"
+            ) from None
+        note(f"the store cannot be listed ({_one_line(exc)}); showing the PNGs this command saw stored")
+        return known & set(keys)
     return stored
 
 

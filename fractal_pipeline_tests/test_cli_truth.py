@@ -18,7 +18,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from fractal_pipeline.fractals import random_specs, spec_of_png
+from fractal_pipeline.fractals import random_specs, render_png, spec_of_png
 
 from .conftest import group_processes
 
@@ -385,3 +385,64 @@ def test_fractal_specs_says_which_partition_range_to_pass(tmp_path: Path) -> Non
         (record,) = instance.fetch_materializations(dg.AssetKey("fractal_specs"), limit=1).records
     assert record.asset_materialization is not None
     assert record.asset_materialization.metadata["partition_range"].value == f"{keys[0]}...{keys[-1]}"
+
+
+@pytest.mark.reliability(
+    "storage outage",
+    "S3 stopped mid-`run` (after 5 PNGs) until the CLI exits: stdout lists only PNGs really stored, exit 1, "
+    "the printed command renders only the rest",
+)
+@pytest.mark.s3
+@pytest.mark.slow
+def test_s3_stopped_mid_run_prints_only_what_is_stored(tmp_path: Path) -> None:
+    from moto.server import ThreadedMotoServer
+
+    from .conftest import moto_credentials, s3_client
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = s3_client(endpoint)
+    client.create_bucket(Bucket="fractals")
+    env = cli_env(tmp_path / "home", **moto_credentials(endpoint), FRACTALS_BUCKET="fractals")
+    command = ["run", "-n", "60", "--seed", "9", "--size", "2048", "--workers", "2"]
+    process = subprocess.Popen(
+        [str(BIN / "fractal-pipeline"), *command], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    restarted = None
+    try:
+        deadline = time.monotonic() + 120
+        while client.list_objects_v2(Bucket="fractals", Prefix="fractals/").get("KeyCount", 0) < 5:
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.02)
+        server.stop()  # the known point: 5 PNGs stored; S3 stays down until the CLI has exited
+        out, err = process.communicate(timeout=300)
+        restarted = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        restarted.start()  # moto keeps its state in-process: the stored objects are back
+        listed = {o["Key"] for o in client.list_objects_v2(Bucket="fractals", Prefix="fractals/").get("Contents", [])}
+        assert process.returncode == 1, err
+        assert "Traceback" not in err
+        assert "the store cannot be listed" in err  # so it printed what it saw stored: recorded after each PUT
+        printed = set(printed_keys(out))
+        assert 5 <= len(printed) < 60
+        assert printed <= listed  # every key printed is stored
+        for key in printed:
+            data = client.get_object(Bucket="fractals", Key=key)["Body"].read()
+            assert render_png(spec_of_png(data)) == data  # type: ignore[arg-type]  # complete and right
+        line = error_line(err)
+        assert f"{60 - len(printed)} of 60 PNGs are missing" in line
+        resume = re.search(r"`(fractal-pipeline run [^`]*)` renders only those", line)
+        assert resume
+        again = cli(shlex.split(resume.group(1))[1:], env)
+        assert again.returncode == 0, again.stderr
+        assert len(printed_keys(again.stdout)) == 60
+        (last, *_) = image_runs(tmp_path / "home")
+        assert sorted(materialized_by(tmp_path / "home", last.run_id)) == sorted(
+            spec.key for spec in random_specs(60, seed=9, size=2048) if f"fractals/{spec.key}.png" not in listed
+        )
+    finally:
+        if process.poll() is None:
+            process.kill()
+        (restarted or server).stop()
