@@ -534,7 +534,10 @@ def _step_event(entry: Any, step_starts: dict[str, float]) -> tuple[str, str, fl
         return ("step success" if event.event_type == kind.STEP_SUCCESS else "step failure"), step, duration
     if event.event_type == kind.ASSET_MATERIALIZATION:
         asset = event.asset_key.to_user_string() if event.asset_key else step
-        return "materialized", event.partition or asset, None
+        materialization = event.step_materialization_data.materialization
+        # a stored partition the run skipped, recorded again so that its failure does not mark it failed
+        label = "kept (skipped)" if "skipped" in materialization.metadata else "materialized"
+        return label, event.partition or asset, None
     if event.event_type == kind.ASSET_CHECK_EVALUATION:
         data = event.asset_check_evaluation_data
         return ("check passed" if data.passed else "check failed"), data.check_name, None

@@ -208,6 +208,7 @@ def test_gaps_apart_are_one_run_that_skips_the_stored_partitions_between_them(tm
     # the stored ones it skipped again, so only the partition that really failed shows as failed.
     assert failed_partitions(home) == {order[8]}
     assert "5 partitions of its range skipped" in result.stderr
+    assert cli(["events", run.run_id], env).stdout.count("kept (skipped)") == 5
 
 
 @pytest.mark.reliability(
