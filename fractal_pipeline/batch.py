@@ -26,13 +26,11 @@ from fractal_pipeline.fractals import (
     InvalidSpec,
     check_random_count,
 )
-from fractal_pipeline.rendering import default_workers
+from fractal_pipeline.rendering import MAX_WORKERS_PER_CPU, max_workers
 
 if TYPE_CHECKING:
     import dagster as dg
 
-#: More worker processes than this per CPU only compete for the CPUs: ``--workers`` is capped there.
-MAX_WORKERS_PER_CPU = 4
 BACKENDS = ("local", "lambda")
 #: After a second interrupt, how long the run's thread may take to record its end before the process exits.
 STOP_AT_ONCE_WAIT_S = 2.0
@@ -77,8 +75,7 @@ class RunOptions:
             check_random_count(self.count, self.kinds, self.spec_palette)
         except InvalidSpec as exc:
             raise UsageError(f"--{exc}") from None
-        cpus = default_workers()
-        most = MAX_WORKERS_PER_CPU * cpus
+        most = max_workers()
         if self.workers < 0:
             raise UsageError(f"--workers: {self.workers} is out of range: allowed 0 (one per CPU) to {most}")
         notes = []

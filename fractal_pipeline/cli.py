@@ -23,6 +23,7 @@ from fractal_pipeline.aws.commands import use_backend
 from fractal_pipeline.console import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_USAGE, fail, note
 from fractal_pipeline.fractals import DEFAULT_SIZE, KINDS, PALETTES, FractalSpec, InvalidSpec, render_png
 from fractal_pipeline.observability import SOURCE_TAG
+from fractal_pipeline.store import image_key
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -259,7 +260,7 @@ class _Batch:
         stored = _stored(self.store, keys, self.seen_stored)
         for key in keys:
             if key in stored:
-                console.print(Text(self.image_key(key)), highlight=False, soft_wrap=True)
+                console.print(Text(image_key(key)), highlight=False, soft_wrap=True)
         missing = len(keys) - len(stored)
         if self.interrupts.requested:
             how = "interrupted twice: stopped at once" if self.stopped_at_once else "interrupted"
@@ -294,11 +295,10 @@ class _Batch:
                 raise fail(str(exc), EXIT_USAGE) from None
         import dagster as dg
 
-        from fractal_pipeline.store import StoreError, image_key, store_config_from_env
+        from fractal_pipeline.store import StoreError, store_config_from_env
 
         warnings.filterwarnings("ignore", category=dg.BetaWarning)
         warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-        self.image_key = image_key
         self.defs = _load_definitions()
         self.instance = _load_instance(self.home)
         try:
@@ -322,7 +322,7 @@ class _Batch:
                 self.job,
                 self.instance,
                 self.interrupts,
-                *([poll] if poll else []),
+                poll or (lambda run_id: None),
                 asset_selection=[dg.AssetKey(asset)],
                 run_config=_quiet(run_config),
                 tags={SOURCE_TAG: "cli", **(tags or {})},

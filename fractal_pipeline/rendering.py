@@ -452,6 +452,15 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+#: More render workers than this per CPU only compete for the CPUs (and each costs a process start).
+MAX_WORKERS_PER_CPU = 4
+
+
+def max_workers() -> int:
+    """The most worker processes a batch may ask for: :data:`MAX_WORKERS_PER_CPU` per CPU."""
+    return MAX_WORKERS_PER_CPU * default_workers()
+
+
 def render_many(
     keys: Iterable[str],
     store_config: StoreConfig,

@@ -8,7 +8,14 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from fractal_pipeline.rendering import RenderFailure, RenderResult, default_workers, render_many
+from fractal_pipeline.rendering import (
+    MAX_WORKERS_PER_CPU,
+    RenderFailure,
+    RenderResult,
+    default_workers,
+    max_workers,
+    render_many,
+)
 from fractal_pipeline.store import FractalStore, StoreConfig
 
 
@@ -110,5 +117,8 @@ class RenderBackendResource(dg.ConfigurableResource):
         if self.backend != "local":
             raise ValueError(f"renderer.backend: unknown backend {self.backend!r}; use 'local' or 'lambda'")
         count = workers or self.workers or default_workers()
+        if count > max_workers():
+            context.log.warning(f"workers: {count} is more than {MAX_WORKERS_PER_CPU} per CPU; using {max_workers()}")
+            count = max_workers()
         context.log.info(f"rendering {len(keys)} partitions with {min(count, len(keys))} local worker processes")
         yield from render_many(keys, store, count, heartbeat_s=heartbeat_s, should_stop=should_stop)
