@@ -168,8 +168,9 @@ class _ImagesProgress:
         for record in connection.records:
             event = record.event_log_entry.dagster_event
             if event is not None and event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY:
-                wait = getattr(event.event_specific_data, "seconds_to_wait", None) or 0
-                self.retry_until = now + float(wait)
+                wait = float(getattr(event.event_specific_data, "seconds_to_wait", None) or 0)
+                self.retry_until = now + wait
+                self.progress.console.print(Text(f"storage unreachable: the images step retries in {wait:.0f} s"))
             else:
                 self.done += 1
                 self.retry_until = None
@@ -199,6 +200,9 @@ class _ImagesProgress:
             self.store.check()
             self.unreachable = False
         except StoreError as exc:
+            if exc.transient and not self.unreachable:
+                where = self.store.config.description
+                self.progress.console.print(Text(f"storage unreachable at {where}: the workers retry their uploads"))
             self.unreachable = exc.transient
         except Exception:  # the store's own answer is what matters here; anything else says nothing
             self.unreachable = False
