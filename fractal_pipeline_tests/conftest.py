@@ -19,6 +19,8 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from fractal_pipeline.cli import run_failure_message
 
+from .pg import NO_POSTGRES, PgServer, answering_server, find_pg_ctl, from_environment, throwaway_cluster
+
 # Tests never touch a real AWS account or the user's config.
 os.environ.setdefault("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
 os.environ.setdefault("AWS_CONFIG_FILE", "/nonexistent")
@@ -53,6 +55,23 @@ def local_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("FRACTALS_BUCKET", raising=False)
     monkeypatch.delenv("FRACTAL_DEPLOYMENT", raising=False)
     return folder
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PgServer]:
+    """A PostgreSQL server for the session: one that answers where libpq's variables point, else a throwaway
+    cluster from the system's binaries (see :mod:`fractal_pipeline_tests.pg`); neither is one line saying
+    what to install."""
+    server = answering_server()
+    if server is not None:
+        yield server
+        return
+    pg_ctl = find_pg_ctl()
+    if pg_ctl is None:
+        where = from_environment()
+        pytest.fail(NO_POSTGRES.format(where=f"{where.host}:{where.port}"), pytrace=False)
+    with throwaway_cluster(pg_ctl) as started:
+        yield started
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import psutil
@@ -137,13 +138,26 @@ def dagster_dev(tmp_path: Path) -> Iterator[DagsterDev]:
             log.close()
 
 
+def chromium_executable(playwright: Any) -> str:
+    """Debian's chromium, else Playwright's own build; neither is one line saying how to install one."""
+    if CHROMIUM.exists():
+        return str(CHROMIUM)
+    own = Path(playwright.chromium.executable_path)
+    if own.exists():
+        return str(own)
+    pytest.fail(
+        "chromium: neither Debian's (/usr/bin/chromium) nor Playwright's own is installed; "
+        "apt-get install chromium, or python -m playwright install chromium",
+        pytrace=False,
+    )
+
+
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[BrowserContext]:
-    assert CHROMIUM.exists(), "Debian chromium is needed: apt-get install chromium (.ci/run does)"
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"),  # a fresh --user-data-dir
-            executable_path=str(CHROMIUM),
+            executable_path=chromium_executable(playwright),
             headless=True,
             args=CHROMIUM_FLAGS,
             viewport={"width": 1400, "height": 900},

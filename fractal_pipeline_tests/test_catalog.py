@@ -13,7 +13,8 @@ from fractal_pipeline.fractals import KINDS, SEGMENT_BUDGET, FractalSpec, LSyste
 from fractal_pipeline.fractals.catalog import ABSOLUTE_MAX_DEPTH
 from fractal_pipeline.fractals.lsystem import expand
 
-REFERENCE = Path(__file__).parents[2] / "shared" / "lsystems.json"
+#: The reference catalog the kinds were built from, kept with the tests (the core must match it exactly).
+REFERENCE = Path(__file__).parent / "data" / "lsystems.json"
 #: Brute-force expansion stops before strings get longer than this.
 BRUTE_FORCE_MAX_CHARS = 200_000
 
