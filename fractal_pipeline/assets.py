@@ -33,6 +33,10 @@ PARTITIONS_NAME = "fractal_specs"
 spec_partitions = dg.DynamicPartitionsDefinition(name=PARTITIONS_NAME)
 
 IMAGES_CHECK = "pngs_valid"
+#: Tag of an images run whose launcher tiles the collage right after it (`fractal-pipeline run`): the
+#: collage's automation condition leaves those images to it, so a daemon on the same home (`fractal-pipeline
+#: ui`) does not tile a second collage of the same images.
+COLLAGE_BY_LAUNCHER_TAG = "fractal_pipeline/collage_by_launcher"
 PROGRESS_EVERY_S = 2.0
 #: A stored PNG's partition is recorded within this long (materializations are written in batches).
 MATERIALIZATION_WINDOW_S = 0.25
@@ -494,9 +498,13 @@ def _canceled(stored: int, total: int) -> dg.Failure:
     io_manager_key="png_io_manager",
     # Rebuilt once after image partitions land: when any of them updated since the last collage,
     # and none is being rendered (many image runs landing together give one collage run). Unlike
-    # eager(), partitions without a PNG do not block it: the collage leaves them out.
+    # eager(), partitions without a PNG do not block it: the collage leaves them out. Images from a
+    # run whose launcher tiles the collage itself (COLLAGE_BY_LAUNCHER_TAG) are left to it.
     automation_condition=(
-        dg.AutomationCondition.any_deps_updated().since_last_handled()
+        dg.AutomationCondition.any_deps_match(
+            dg.AutomationCondition.newly_updated()
+            & ~dg.AutomationCondition.any_new_update_has_run_tags(tag_values={COLLAGE_BY_LAUNCHER_TAG: "true"})
+        ).since_last_handled()
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()
     ).with_label("images_landed"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
 import threading
 import time
@@ -373,7 +374,7 @@ class _Batch:
 
     def _images(self, keys: list[str]) -> None:
         """The one images run that renders the keys not stored yet (none if all are)."""
-        from fractal_pipeline.assets import PARTITIONS_NAME
+        from fractal_pipeline.assets import COLLAGE_BY_LAUNCHER_TAG, PARTITIONS_NAME
         from fractal_pipeline.partitions import plan_batch
 
         with self.early:
@@ -395,7 +396,7 @@ class _Batch:
                     "fractal_images",
                     plan.run.run_config(self.options.workers),
                     _ImagesProgress(self.instance, progress, plan.run.renders, self.store),
-                    plan.run.tags,
+                    {**plan.run.tags, **({COLLAGE_BY_LAUNCHER_TAG: "true"} if self.options.collage else {})},
                 )
         if images is None:  # stopped at once: the run was marked CANCELED
             return
@@ -794,6 +795,41 @@ def cancel_command(
         )
     else:
         console.print(f"run {short} {run.status.value}: termination requested", highlight=False)
+
+
+@app.command("ui", epilog=EXIT_CODES_HELP)
+def ui_command(
+    host: Annotated[str, typer.Option("--host", "-h", help="Host the UI listens on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", min=1, max=65535, help="Port the UI listens on")] = 3000,
+) -> None:
+    """The Dagster UI and daemon (`dagster dev`) on the instance this CLI records to, from any folder.
+
+    The UI shows every run `fractal-pipeline run` made. The daemon runs the sensors on this home:
+    `fractal_collage_freshness` rebuilds the collage after images land (never after a `run`'s own
+    images: the CLI tiles those), `render_random_fractals` renders what the schedule adds, and
+    `fractal_spec_files` watches the bucket if FRACTALS_BUCKET is set. Ctrl-C stops both.
+    """
+    import warnings
+
+    import dagster as dg
+
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    home = ensure_dagster_home()
+    _load_definitions()  # a bad setting is one line here, not a code location error in the UI
+    _load_instance(home).dispose()
+    shown = f"[{host}]" if ":" in host else host
+    err.print(Text(f"Dagster UI on http://{shown}:{port} (DAGSTER_HOME={home}); Ctrl-C stops it"), soft_wrap=True)
+    command = [sys.executable, "-m", "dagster", "dev", "-m", "fractal_pipeline.definitions"]
+    command += ["--host", host, "--port", str(port)]
+    # dagster dev takes this process's place: Ctrl-C and SIGTERM reach it, and it stops its webserver,
+    # daemon and code server; the loaded code location is the installed package, whatever the folder.
+    # SIGINT is reset first: a process started with it ignored (a shell's `&`) would pass that on,
+    # and dagster dev would then ignore `kill -INT`.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore:Function `dev_command` is superseded"}
+    sys.stderr.flush()
+    os.execve(sys.executable, command, env)
 
 
 register_aws_commands(app)  # deploy, destroy

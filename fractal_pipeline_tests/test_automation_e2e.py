@@ -27,7 +27,7 @@ from fractal_pipeline.automation import (
 )
 from fractal_pipeline.definitions import build_definitions
 
-from .conftest import QUIET, materialize_images, materialize_specs, s3_client
+from .conftest import QUIET, asset_job, materialize_images, materialize_specs, s3_client
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
@@ -205,3 +205,32 @@ def test_collage_is_requested_once_after_image_partitions_land(local_env: Path, 
     instance.report_run_failed(in_progress)
     result = evaluate(result.cursor)
     assert result.get_num_requested(COLLAGE) == 1  # ...then one collage for what landed meanwhile
+
+
+def test_images_whose_launcher_tiles_the_collage_do_not_request_another(
+    local_env: Path, instance: dg.DagsterInstance
+) -> None:
+    from fractal_pipeline.assets import COLLAGE_BY_LAUNCHER_TAG
+
+    defs = build_definitions("local")
+
+    def evaluate(cursor: Any) -> Any:
+        return dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+
+    result = evaluate(None)
+    assert materialize_specs(defs, instance, count=4, seed=3, size=32).success
+    keys = list(instance.get_dynamic_partitions(PARTITIONS_NAME))
+    result = evaluate(result.cursor)
+    tagged = asset_job(defs).execute_in_process(  # what `fractal-pipeline run` launches, then it tiles the collage
+        instance=instance,
+        asset_selection=[dg.AssetKey("fractal_images")],
+        tags={ASSET_PARTITION_RANGE_START_TAG: keys[0], ASSET_PARTITION_RANGE_END_TAG: keys[1],
+              COLLAGE_BY_LAUNCHER_TAG: "true"},
+        run_config={**QUIET, "ops": {"fractal_images": {"config": {"workers": 1}}}},
+    )  # fmt: skip
+    assert tagged.success
+    result = evaluate(result.cursor)
+    assert result.get_num_requested(COLLAGE) == 0  # left to the launcher: no second collage
+    assert materialize_images(defs, instance, keys[2], keys[3], workers=1).success  # e.g. a UI backfill
+    result = evaluate(result.cursor)
+    assert result.get_num_requested(COLLAGE) == 1  # an untagged batch: the daemon tiles it
