@@ -378,6 +378,37 @@ def _spawning_workers() -> Iterator[None]:
             os.environ.pop(name, None)
 
 
+def _submit_uninterrupted(
+    executor: ProcessPoolExecutor, chunks: list[list[str]]
+) -> dict[Future[list[WorkOutcome]], list[str]]:
+    """Hand ``chunks`` to the workers (which start on submit) from a helper thread, and wait for it.
+
+    An interrupt is raised by a signal handler in the main thread, between any two bytecodes: landing
+    inside ``ProcessPoolExecutor.submit``, after a worker was started but before the executor recorded
+    it, it would leave a worker that nothing stops, and that multiprocessing then waits for at exit,
+    for ever. Signal handlers never run in other threads, so the submits always complete; an
+    interrupt that comes meanwhile is raised once they have, and then stops every worker.
+    """
+    futures: dict[Future[list[WorkOutcome]], list[str]] = {}
+
+    def submit_all() -> None:
+        with _spawning_workers():
+            for chunk in chunks:
+                futures[executor.submit(_work, chunk)] = chunk
+
+    helper = threading.Thread(target=submit_all, name="render-submit")
+    helper.start()
+    interrupt: BaseException | None = None
+    while helper.is_alive():
+        try:
+            helper.join()
+        except BaseException as exc:  # held until the workers are all recorded
+            interrupt = exc
+    if interrupt is not None:
+        raise interrupt
+    return futures
+
+
 #: Specs the step's own process may render while its workers start: small enough (~50 ms at most)
 #: not to hold up recording what the workers render.
 PARENT_MAX_SEGMENTS = 1 << 16
@@ -629,8 +660,7 @@ def _render_batches(
         step_store = functools.cache(store_config.open)  # this process's store: opened on its first PNG
         interrupted = broken = completed = stopped = False
         try:
-            with _spawning_workers():  # workers start on submit
-                futures = {executor.submit(_work, chunk): chunk for chunk in chunked(pending, size)}
+            futures = _submit_uninterrupted(executor, chunked(pending, size))
             if pool.spare_cpu:
                 yield from _render_while_workers_start(futures, pool.ready, step_store, should_stop)
             # Completed futures arrive on a queue (one callback each): waiting on the set of pending
