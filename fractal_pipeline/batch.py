@@ -125,15 +125,16 @@ def parse_kinds(value: str | None) -> tuple[str, ...] | None:
 
 
 class StopNow(BaseException):
-    """A second Ctrl-C or SIGTERM: stop at once (a BaseException, so that no ``except Exception`` keeps it)."""
+    """Raised by :func:`execute` after a second Ctrl-C or SIGTERM stopped its run at once (a BaseException, so
+    that no ``except Exception`` keeps it)."""
 
 
 class Interrupts:
     """Ctrl-C (SIGINT) and SIGTERM while ``fractal-pipeline run`` works.
 
     The first asks the current run to stop: :func:`execute` marks it CANCELING,
-    its render loop stops and Dagster records it CANCELED. A second raises
-    :class:`StopNow` in the main thread while a run executes. Both signals are handled explicitly,
+    its render loop stops and Dagster records it CANCELED. After a second,
+    :func:`execute` stops the run at once and raises :class:`StopNow`. Both signals are handled explicitly,
     also when the process started with SIGINT ignored (a shell's background
     job), so ``kill -INT`` is never lost.
     """
@@ -162,10 +163,16 @@ class Interrupts:
             signal.signal(signum, handler)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        # Only counted: an exception raised from here would land in whatever the main thread runs at that
+        # moment (a database driver closing a connection, multiprocessing starting a worker) and leave it
+        # half done. :func:`execute` looks at the count between its waits instead.
         self.received += 1
         self.name = signal.Signals(signum).name
-        if self.received > 1 and self.running:
-            raise StopNow()
+
+    @property
+    def stop_now(self) -> bool:
+        """A second interrupt came while a run executes: stop at once."""
+        return self.received > 1 and self.running
 
 
 def execute(
@@ -199,15 +206,15 @@ def execute(
     try:
         while thread.is_alive():
             thread.join(0.25)
+            if interrupts.stop_now:
+                stop_at_once(instance, run_id, thread)
+                raise StopNow()
             if interrupts.requested and not marked:
                 run = instance.get_run_by_id(run_id)
                 if run is not None and not run.is_finished:
                     instance.report_run_canceling(run, message=f"{interrupts.name} received: stopping the run")
                 marked = run is not None
             poll(run_id)
-    except StopNow:
-        stop_at_once(instance, run_id, thread)
-        raise
     finally:
         interrupts.running = False
     if "error" in outcome:
