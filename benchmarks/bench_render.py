@@ -8,9 +8,10 @@ Run from the repository root::
 
 Sections:
 
-1. Every kind at its default depth: ``render_indexed`` (the palette image) and
-   ``encode_png`` times (best of ``--repeat``), PNG bytes, and for comparison
-   the same image saved with zlib level 9.
+1. Every kind at its default depth: ``render_indexed`` (the palette image),
+   ``encode_png`` and ``render_png`` (both together, the goal) times (best of
+   ``--repeat``), PNG bytes (median and total), and for comparison the same
+   image saved by Pillow with zlib level 9.
 2. Baseline: the straightforward renderer of the original example (string
    rewriting, a Python turtle loop with ``math.cos``/``math.sin`` per segment,
    one ``ImageDraw.line`` per segment on a 10x oversampled canvas, then a
@@ -42,12 +43,12 @@ if str(REPO) not in sys.path:
 
 from PIL import Image, ImageDraw  # noqa: E402
 
-from fractal_pipeline.fractals import KINDS, FractalSpec, encode_png, render, render_indexed  # noqa: E402
+from fractal_pipeline.fractals import KINDS, FractalSpec, encode_png, render, render_indexed, render_png  # noqa: E402
 from fractal_pipeline.fractals.palette import PALETTES  # noqa: E402
-from fractal_pipeline.fractals.render import BANDS, MARGIN, line_width  # noqa: E402
+from fractal_pipeline.fractals.render import BANDS, MARGIN, PNG_ENCODER, line_width  # noqa: E402
 
-GOAL_MEDIAN_MS = 20.0
-GOAL_SPEEDUP = 100.0
+GOAL_MEDIAN_MS = 4.5
+GOAL_SPEEDUP = 250.0
 GOAL_DRAGON_S = 1.0
 GOAL_DRAGON_MB = 200.0
 DRAGON_DEPTH = 20
@@ -88,16 +89,14 @@ class KindTiming:
     png_bytes: int
     encode9_ms: float
     png9_bytes: int
-
-    @property
-    def total_ms(self) -> float:
-        return self.render_ms + self.encode_ms
+    #: ``render_png`` end to end (what a worker and the Lambda function call), best of the repeats.
+    total_ms: float
 
 
 def time_kind(spec: FractalSpec, repeat: int) -> KindTiming:
     render_indexed(spec)  # warm-up: first-call costs (imports, font/codec setup) are not the renderer's
     render_ms, image = best_of(repeat, lambda: render_indexed(spec))
-    encode_ms, data = best_of(repeat, lambda: encode_png(image, spec))
+    encode_ms, _ = best_of(repeat, lambda: encode_png(image, spec))
 
     def save9() -> bytes:
         out = io.BytesIO()
@@ -105,11 +104,12 @@ def time_kind(spec: FractalSpec, repeat: int) -> KindTiming:
         return out.getvalue()
 
     encode9_ms, data9 = best_of(repeat, save9)
-    return KindTiming(spec, render_ms, encode_ms, len(data), encode9_ms, len(data9))
+    total_ms, png = best_of(repeat, lambda: render_png(spec))
+    return KindTiming(spec, render_ms, encode_ms, len(png), encode9_ms, len(data9), total_ms)
 
 
 def section_kinds(size: int, repeat: int) -> list[KindTiming]:
-    print(f"\n## 1. Every kind at its default depth, {size} px (best of {repeat})\n")
+    print(f"\n## 1. Every kind at its default depth, {size} px (best of {repeat}; PNG encoder: {PNG_ENCODER})\n")
     timings = [time_kind(FractalSpec(name, lsys.default_depth, size), repeat) for name, lsys in KINDS.items()]
     rows = [
         [
@@ -133,7 +133,7 @@ def section_kinds(size: int, repeat: int) -> list[KindTiming]:
             "segments",
             "ms render",
             "ms encode",
-            "ms total",
+            "ms render_png",
             "PNG bytes",
             "ms enc z9",
             "PNG bytes z9",
@@ -143,14 +143,16 @@ def section_kinds(size: int, repeat: int) -> list[KindTiming]:
     )
     totals = [t.total_ms for t in timings]
     print(
-        f"\nrender+encode per image: median {statistics.median(totals):.1f} ms, "
-        f"min {min(totals):.1f}, max {max(totals):.1f} (goal: median <= {GOAL_MEDIAN_MS:.0f} ms)"
+        f"\nrender_png per image: median {statistics.median(totals):.2f} ms, "
+        f"min {min(totals):.1f}, max {max(totals):.1f} (goal: median <= {GOAL_MEDIAN_MS} ms)"
     )
+    sizes = [t.png_bytes for t in timings]
+    print(f"PNG bytes: median {statistics.median(sizes):,.0f}, total {sum(sizes):,}")
     z1 = sum(t.png_bytes for t in timings)
     z9 = sum(t.png9_bytes for t in timings)
     e1 = sum(t.encode_ms for t in timings)
     e9 = sum(t.encode9_ms for t in timings)
-    print(f"zlib level 1 vs 9 over all kinds: {z1:,} vs {z9:,} bytes ({z9 / z1:.2f}x), {e1:.0f} vs {e9:.0f} ms encode")
+    print(f"{PNG_ENCODER} vs Pillow's zlib 9: {z1:,} vs {z9:,} bytes ({z9 / z1:.2f}x), {e1:.0f} vs {e9:.0f} ms")
     return timings
 
 
@@ -347,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     median_ms = statistics.median(t.total_ms for t in timings)
     goals: list[tuple[str, str, str, bool]] = [
         (
-            f"median render+encode, {len(timings)} kinds @ {args.size} px",
-            f"<= {GOAL_MEDIAN_MS:.0f} ms",
+            f"median render_png, {len(timings)} kinds @ {args.size} px",
+            f"<= {GOAL_MEDIAN_MS} ms",
             f"{median_ms:.1f} ms",
             median_ms <= GOAL_MEDIAN_MS,
         )

@@ -285,3 +285,24 @@ def test_materialise_from_the_ui_and_see_a_thumbnail(dagster_dev: DagsterDev, br
     page.goto(f"{dagster_dev.url}/runs/{backfill_runs[0].run_id}")
     _wait("the images run page", lambda: _run_status(page) == "Success", page, 30)
     _shot(page, "5-images-run")
+
+
+def test_chromium_decodes_a_rendered_png(browser: BrowserContext) -> None:
+    """The PNGs the core writes itself (ISA-L deflate, tEXt chunks) display in a browser."""
+    import base64
+
+    from fractal_pipeline.fractals import FractalSpec, render_png
+
+    data = base64.b64encode(render_png(FractalSpec("dragon", 10))).decode()
+    page = browser.new_page()
+    page.set_content(f'<img id="png" src="data:image/png;base64,{data}">')
+    image = page.locator("#png")
+    _wait("the PNG to decode", lambda: bool(image.evaluate("img => img.complete")), page, 10)
+    assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [1024, 1024]
+    lit = page.evaluate(
+        """() => { const img = document.getElementById('png'); const c = document.createElement('canvas');
+        c.width = img.naturalWidth; c.height = img.naturalHeight; const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+        const d = g.getImageData(0, 0, c.width, c.height).data; let n = 0;
+        for (let i = 0; i < d.length; i += 4) { if (d[i] || d[i + 1] || d[i + 2]) n++; } return n; }"""
+    )
+    assert lit > 1000  # the drawing, not a blank or broken image

@@ -366,3 +366,50 @@ def test_cli_default_depth_and_output_name(tmp_path: Path, monkeypatch: pytest.M
     expected = FractalSpec("koch_snowflake", KINDS["koch_snowflake"].default_depth, 64, "ice")
     written = tmp_path / f"{expected.key}.png"
     assert spec_of_png(written.read_bytes()) == expected
+
+
+def test_a_png_records_its_encoder_and_every_decoder_reads_it(tmp_path: Path) -> None:
+    from fractal_pipeline.fractals.render import PNG_ENCODER, PNG_ENCODER_CHUNK
+
+    data = render_png(FractalSpec("dragon", 10))
+    assert PNG_ENCODER.startswith("isal ")  # the declared dependency is what this install encodes with
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.text[PNG_ENCODER_CHUNK] == PNG_ENCODER
+        image.load()
+    path = tmp_path / "dragon.png"
+    path.write_bytes(data)
+    described = subprocess.run(["file", "-b", str(path)], capture_output=True, text=True, check=True).stdout
+    assert described.startswith("PNG image data, 1024 x 1024, 8-bit colormap"), described
+
+
+_WITHOUT_ISAL = """
+import sys, warnings
+sys.modules["isal"] = None  # as if not installed: `import isal` raises ImportError
+warnings.simplefilter("always")
+from fractal_pipeline.fractals import FractalSpec, render_png
+from fractal_pipeline.fractals.render import PNG_ENCODER
+with warnings.catch_warnings(record=True) as caught:
+    first = render_png(FractalSpec("dragon", 6, 64))
+    assert render_png(FractalSpec("dragon", 6, 64)) == first
+print(PNG_ENCODER)
+print(len(caught), caught[0].message if caught else "")
+sys.stdout.write(first.hex())
+"""
+
+
+def test_without_isal_the_core_falls_back_to_zlib_and_says_so_once() -> None:
+    from fractal_pipeline.fractals.render import PNG_ENCODER_CHUNK
+
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_ISAL], env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    encoder, warned, data = result.stdout.split("\n", 2)
+    assert encoder.startswith("zlib ")
+    assert warned.startswith("1 isal is not installed: PNGs are deflated with zlib")  # once, for two PNGs
+    png = bytes.fromhex(data)
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.text[PNG_ENCODER_CHUNK] == encoder  # the bytes say which encoder made them
+        fallback = np.asarray(image)
+    with Image.open(io.BytesIO(render_png(FractalSpec("dragon", 6, 64)))) as image:
+        assert np.array_equal(np.asarray(image), fallback)  # other bytes, the same pixels

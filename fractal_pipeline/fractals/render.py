@@ -6,8 +6,10 @@ import io
 import json
 import math
 import struct
+import warnings
 import zlib
-from typing import Final
+from collections.abc import Sequence
+from typing import Any, Final
 
 import aggdraw
 import numpy as np
@@ -27,13 +29,51 @@ BANDS: Final = 16
 LEVELS: Final = 16
 #: Fraction of the image left empty on each side.
 MARGIN: Final = 0.05
-#: zlib level for PNGs. Level 1 encodes several times faster than 9 on these
-#: line drawings for files ~20% larger; benchmarks/bench_render.py reports both.
+#: Deflate level for PNGs (ISA-L's 1, else zlib's): the fastest level that still finds the long runs of
+#: background these line drawings are made of; benchmarks/bench_render.py reports the sizes.
 PNG_COMPRESS_LEVEL: Final = 1
 #: PNG text chunk that carries the spec, so a PNG found in a bucket says what it is.
 PNG_SPEC_CHUNK: Final = "fractal_pipeline.spec"
 PNG_KEY_CHUNK: Final = "fractal_pipeline.key"
+#: PNG text chunk naming the deflate library and version that made the bytes (the same spec gives the same
+#: bytes only with the same encoder).
+PNG_ENCODER_CHUNK: Final = "fractal_pipeline.encoder"
 BACKGROUND: Final = (0, 0, 0)
+
+
+def _load_isal() -> tuple[Any, str]:
+    """ISA-L's zlib interface and its version, or (None, "") where ``isal`` is not installed.
+
+    ISA-L deflates these scanlines several times faster than zlib, into smaller files
+    (docs/performance.md); zlib stays as a fallback so that the core runs without it.
+    """
+    try:
+        import isal
+        from isal import isal_zlib
+    except ImportError:
+        return None, ""
+    return isal_zlib, str(isal.__version__)
+
+
+_isal_zlib, _isal_version = _load_isal()
+#: The encoder this process writes PNGs with, as recorded in their :data:`PNG_ENCODER_CHUNK`.
+PNG_ENCODER: Final = f"isal {_isal_version}" if _isal_zlib is not None else f"zlib {zlib.ZLIB_RUNTIME_VERSION}"
+_fallback_reported = False
+
+
+def _deflate(data: bytes) -> bytes:
+    """zlib-format deflate of ``data``: ISA-L when installed, else zlib (said once, as a warning)."""
+    global _fallback_reported
+    if _isal_zlib is not None:
+        return bytes(_isal_zlib.compress(data, PNG_COMPRESS_LEVEL))
+    if not _fallback_reported:
+        _fallback_reported = True
+        warnings.warn(
+            "isal is not installed: PNGs are deflated with zlib (slower, other bytes); pip install isal",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return zlib.compress(data, PNG_COMPRESS_LEVEL)
 
 
 def fit_to_canvas(path: npt.NDArray[np.float64], size: int) -> tuple[npt.NDArray[np.float64], float]:
@@ -171,39 +211,56 @@ def render(spec: FractalSpec, max_segments: int = SEGMENT_BUDGET) -> Image.Image
 
 
 def encode_png(image: Image.Image, spec: FractalSpec | None = None) -> bytes:
-    """PNG bytes of ``image``; deterministic for the same pixels and spec."""
+    """PNG bytes of ``image``; deterministic for the same pixels, spec and :data:`PNG_ENCODER`.
+
+    An indexed ("P") image, what :func:`render_indexed` draws, is written by :func:`write_png`;
+    another mode goes through Pillow's encoder.
+    """
+    text = _spec_text(spec)
+    if image.mode == "P":
+        return write_png(np.asarray(image), image.getpalette() or [0, 0, 0], text)
     info = PngImagePlugin.PngInfo()
-    if spec is not None:
-        info.add_text(PNG_KEY_CHUNK, spec.key)
-        info.add_text(PNG_SPEC_CHUNK, json.dumps(spec.as_dict(), sort_keys=True))
+    for keyword, value in text:
+        info.add_text(keyword, value)
     out = io.BytesIO()
     image.save(out, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
     return out.getvalue()
 
 
-def indexed_png(image: Image.Image) -> bytes:
-    """PNG bytes of a small "P" image (a :func:`preview`), written directly with zlib.
+def _spec_text(spec: FractalSpec | None) -> list[tuple[str, str]]:
+    """The text chunks of a rendered PNG: key, spec and the encoder that made it."""
+    if spec is None:
+        return []
+    return [
+        (PNG_KEY_CHUNK, spec.key),
+        (PNG_SPEC_CHUNK, json.dumps(spec.as_dict(), sort_keys=True)),
+        (PNG_ENCODER_CHUNK, PNG_ENCODER),
+    ]
 
-    No filter, compression level 1: for a 128 px preview, ~2x faster than
-    Pillow's encoder, whose set-up per call costs more than the pixels do.
-    Deterministic, and any PNG decoder reads it (8-bit indexed, PLTE chunk).
+
+def write_png(indexes: npt.NDArray[np.uint8], palette: list[int], text: Sequence[tuple[str, str]] = ()) -> bytes:
+    """An 8-bit indexed PNG of ``indexes`` (height x width) with ``palette`` and ``text`` chunks.
+
+    Written here rather than by Pillow: no filter (palette images compress best unfiltered) and one
+    deflate call over all scanlines (:func:`_deflate`). Every PNG decoder reads it (IHDR, PLTE, tEXt,
+    IDAT, IEND), and the same pixels, text and encoder give the same bytes.
     """
+    height, width = indexes.shape
+    rows = np.empty((height, width + 1), dtype=np.uint8)
+    rows[:, 0] = 0  # filter type "none" for every scanline
+    rows[:, 1:] = indexes
+    header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
+    chunks = [b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", header), _png_chunk(b"PLTE", bytes(palette[: 3 * 256]))]
+    chunks += [_png_chunk(b"tEXt", f"{keyword}\0{value}".encode("latin-1")) for keyword, value in text]
+    chunks += [_png_chunk(b"IDAT", _deflate(rows.tobytes())), _png_chunk(b"IEND", b"")]
+    return b"".join(chunks)
+
+
+def indexed_png(image: Image.Image) -> bytes:
+    """PNG bytes of a small "P" image (a :func:`preview`), with no text chunks (:func:`write_png`)."""
     if image.mode != "P":
         raise ValueError(f"image mode: {image.mode!r} is not an indexed image; use encode_png")
-    width, height = image.size
-    rows = np.zeros((height, width + 1), dtype=np.uint8)  # each row starts with filter type 0
-    rows[:, 1:] = np.asarray(image)
-    palette = image.getpalette() or [0, 0, 0]
-    header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
-    return b"".join(
-        (
-            b"\x89PNG\r\n\x1a\n",
-            _png_chunk(b"IHDR", header),
-            _png_chunk(b"PLTE", bytes(palette[: 3 * 256])),
-            _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), PNG_COMPRESS_LEVEL)),
-            _png_chunk(b"IEND", b""),
-        )
-    )
+    return write_png(np.asarray(image), image.getpalette() or [0, 0, 0])
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -211,8 +268,9 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def render_png(spec: FractalSpec, max_segments: int = SEGMENT_BUDGET) -> bytes:
-    """Render ``spec`` and encode it as an indexed PNG; same spec, same bytes, in any process."""
-    return encode_png(render_indexed(spec, max_segments), spec)
+    """Render ``spec`` and encode it as an indexed PNG; the same spec and encoder give the same bytes."""
+    indexes, palette = _draw_indexes(spec, max_segments)
+    return write_png(indexes, palette, _spec_text(spec))
 
 
 def _max_pool(pixels: npt.NDArray[np.uint8], max_px: int) -> npt.NDArray[np.uint8]:
