@@ -26,7 +26,7 @@ from fractal_pipeline.fractals import (
     InvalidSpec,
     check_random_count,
 )
-from fractal_pipeline.rendering import MAX_WORKERS_PER_CPU, max_workers
+from fractal_pipeline.rendering import MAX_WORKERS_PER_CPU, max_workers, stop_processes
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -233,19 +233,9 @@ def stop_at_once(instance: dg.DagsterInstance, run_id: str | None, thread: threa
     """
     import dagster as dg
 
-    children = multiprocessing.active_children()
-    for child in children:
-        child.terminate()
-    for child in children:
-        child.join(2.0)
-        if child.is_alive():
-            child.kill()
-            child.join(1.0)
-    from fractal_pipeline.store import LocalStore, store_config_from_env
+    from fractal_pipeline.store import store_config_from_env
 
-    store = store_config_from_env().open()
-    if isinstance(store, LocalStore):
-        store.remove_partials({child.pid for child in children if child.pid is not None})
+    stop_processes(multiprocessing.active_children(), store_config_from_env())
     if run_id is None:
         return
     run = instance.get_run_by_id(run_id)

@@ -103,8 +103,19 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
+def _quiet_dagster_warnings() -> None:
+    """Dagster's beta and preview warnings (backfill_policy, pools...) are not the user's to act on."""
+    import warnings
+
+    import dagster as dg
+
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+
+
 def _load_definitions() -> dg.Definitions:
     """The definitions the environment selects; exits 2 naming the variable if a setting is bad."""
+    _quiet_dagster_warnings()
     try:
         from fractal_pipeline.definitions import build_definitions
 
@@ -290,20 +301,14 @@ class _Batch:
 
     def _setup(self) -> None:
         """Home, backend, definitions, instance and store: any of them bad exits 2, before a run is recorded."""
-        import warnings
-
         self.home = ensure_dagster_home()
         if self.options.backend != "local":
             try:
                 err.print(Text(use_backend(self.options.backend, region=self.options.region) or ""), soft_wrap=True)
             except ValueError as exc:
                 raise fail(str(exc), EXIT_USAGE) from None
-        import dagster as dg
-
         from fractal_pipeline.store import StoreError, store_config_from_env
 
-        warnings.filterwarnings("ignore", category=dg.BetaWarning)
-        warnings.filterwarnings("ignore", category=dg.PreviewWarning)
         self.defs = _load_definitions()
         self.instance = _load_instance(self.home)
         try:
@@ -516,14 +521,9 @@ _STATUS_STYLE = {"SUCCESS": "green", "FAILURE": "red", "CANCELED": "dim", "CANCE
 
 def _read_instance() -> tuple[dg.DagsterInstance, Path]:
     """The instance in ``$DAGSTER_HOME`` (default: the CLI's), for reading; never creates one."""
-    import warnings
-
-    import dagster as dg
-
     from fractal_pipeline.observability import ObservabilityError, open_instance
 
-    warnings.filterwarnings("ignore", category=dg.BetaWarning)
-    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    _quiet_dagster_warnings()
     home = _home_path()
     try:
         return open_instance(home), home
@@ -809,12 +809,6 @@ def ui_command(
     images: the CLI tiles those), `render_random_fractals` renders what the schedule adds, and
     `fractal_spec_files` watches the bucket if FRACTALS_BUCKET is set. Ctrl-C stops both.
     """
-    import warnings
-
-    import dagster as dg
-
-    warnings.filterwarnings("ignore", category=dg.BetaWarning)
-    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     home = ensure_dagster_home()
     _load_definitions()  # a bad setting is one line here, not a code location error in the UI
     _load_instance(home).dispose()

@@ -324,7 +324,12 @@ def _terminate_workers(executor: ProcessPoolExecutor, store_config: StoreConfig,
     The executor is not shut down here: an interrupt can arrive while ``concurrent.futures`` holds
     one of its locks, and its management thread notices dead workers and cleans up by itself.
     """
-    processes = _worker_processes(executor)
+    stop_processes(_worker_processes(executor), store_config, grace_s)
+
+
+def stop_processes(processes: list[Any], store_config: StoreConfig, grace_s: float = 2.0) -> None:
+    """Terminate render worker ``processes`` (multiprocessing processes), kill those still alive after
+    ``grace_s``, and remove the temp files they left half-written in a local store."""
     for process in processes:
         process.terminate()
     deadline = time.monotonic() + grace_s
