@@ -70,7 +70,7 @@ from fractal_pipeline.aws.deploy import TEMPLATE_PATH, load_template  # noqa: E4
 from fractal_pipeline.fractals import random_specs  # noqa: E402
 from fractal_pipeline.resources import FractalStoreResource  # noqa: E402
 from fractal_pipeline.specfiles import parse_spec_file  # noqa: E402
-from fractal_pipeline_tests.test_automation_e2e import dagster_dev  # noqa: E402
+from fractal_pipeline_tests.e2e.test_automation_e2e import dagster_dev  # noqa: E402
 
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "bench",
