@@ -31,7 +31,7 @@ from moto.server import ThreadedMotoServer
 
 from fractal_pipeline.fractals import random_specs
 from fractal_pipeline.rendering import RenderResult, render_and_store, render_many
-from fractal_pipeline.store import StoreConfig
+from fractal_pipeline.store import StoreConfig, open_store
 
 BUCKET = "latency-bench"
 
@@ -89,7 +89,7 @@ def main() -> int:
         for latency_ms in args.latency_ms:
             endpoint = f"http://127.0.0.1:{latency_proxy(moto_port, latency_ms / 1000)}"
             config = StoreConfig(bucket=BUCKET, endpoint_url=endpoint, region_name="us-east-1")
-            store = config.open()
+            store = open_store(config)
             started = time.perf_counter()
             for key in keys:
                 render_and_store(key, store)

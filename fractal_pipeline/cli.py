@@ -307,13 +307,13 @@ class _Batch:
                 err.print(Text(use_backend(self.options.backend, region=self.options.region) or ""), soft_wrap=True)
             except ValueError as exc:
                 raise fail(str(exc), EXIT_USAGE) from None
-        from fractal_pipeline.store import StoreError, store_config_from_env
+        from fractal_pipeline.store import StoreError, open_store, store_config_from_env
 
         self.defs = _load_definitions()
         self.instance = _load_instance(self.home)
         try:
             self.store_config = store_config_from_env()
-            self.store = self.store_config.open()
+            self.store = open_store(self.store_config)
             self.store.check()
         except (StoreError, ValueError) as exc:
             raise fail(str(exc), EXIT_USAGE) from None

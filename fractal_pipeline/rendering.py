@@ -41,7 +41,7 @@ from fractal_pipeline.fractals import (
     render_with_preview,
     tune_allocator,
 )
-from fractal_pipeline.store import FractalStore, LocalStore, StoreConfig, image_key
+from fractal_pipeline.store import FractalStore, LocalStore, StoreConfig, image_key, open_store
 
 THUMBNAIL_PX = 128
 
@@ -248,7 +248,7 @@ def _init_worker(config: StoreConfig, ready: Any, step_stores: bool = False) -> 
     _worker_started_at = process_started_at()
     _step_stores = step_stores
     if not step_stores:
-        _worker_store = config.open()
+        _worker_store = open_store(config)
         if not isinstance(_worker_store, LocalStore):
             _worker_io = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
     ready.set()
@@ -348,7 +348,7 @@ def _worker_processes(executor: ProcessPoolExecutor) -> list[Any]:
 
 def _remove_partials(store_config: StoreConfig, pids: set[int]) -> None:
     """Remove the temp files that writers with these (dead) pids left in a local store."""
-    store = store_config.open()
+    store = open_store(store_config)
     if isinstance(store, LocalStore):
         store.remove_partials(pids)
 
@@ -662,7 +662,8 @@ def _render_batches(
         size = min(workers, len(pending))
         pool = pool or _start_pool(store_config, size)
         executor = pool.executor
-        step_store = functools.cache(store_config.open)  # this process's store: opened on its first PNG
+        # This process's store: opened on its first PNG.
+        step_store = functools.cache(functools.partial(open_store, store_config))
         interrupted = broken = completed = stopped = False
         try:
             futures = _submit_uninterrupted(executor, chunked(pending, size))

@@ -16,7 +16,7 @@ from fractal_pipeline.rendering import (
     max_workers,
     render_many,
 )
-from fractal_pipeline.store import FractalStore, StoreConfig
+from fractal_pipeline.store import FractalStore, StoreConfig, open_store
 
 
 class FractalStoreResource(dg.ConfigurableResource):
@@ -46,7 +46,7 @@ class FractalStoreResource(dg.ConfigurableResource):
 
     def get_store(self) -> FractalStore:
         """Open the store (builds a boto3 client for S3)."""
-        return self.store_config().open()
+        return open_store(self.store_config())
 
 
 class RenderBackendResource(dg.ConfigurableResource):
