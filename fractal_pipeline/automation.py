@@ -33,7 +33,7 @@ It advances only past files fully handled in that tick; a tick that fails
 ``<file key>@<ETag>``: the daemon never launches the same key twice, so a
 re-uploaded identical file is not re-run and an edited one is.
 
-Queue mode (``FRACTALS_SPECS_QUEUE``, :mod:`fractal_pipeline.spec_queue`):
+Queue mode (``FRACTALS_SPECS_QUEUE``, :mod:`fractal_pipeline.specfiles.queue`):
 listing 10,000 keys takes seconds whatever is new, so the bucket's
 ``s3:ObjectCreated:*`` notifications go to an SQS queue and a tick handles the
 files they announce, through the same per-file handling (:class:`_Tick`).
@@ -62,8 +62,8 @@ from dagster._utils.schedules import is_valid_cron_string
 from fractal_pipeline.assets import PARTITIONS_NAME, fractal_collage, fractal_images, fractal_specs, spec_partitions
 from fractal_pipeline.partitions import plan_batch
 from fractal_pipeline.resources import FractalStoreResource
-from fractal_pipeline.spec_queue import QUEUE_ENV, QueueMessage, SpecQueue, validate_queue
-from fractal_pipeline.specfiles import SpecFile, file_format, oversize_error, parse_spec_file
+from fractal_pipeline.specfiles.parse import SpecFile, file_format, oversize_error, parse_spec_file
+from fractal_pipeline.specfiles.queue import QUEUE_ENV, QueueMessage, SpecQueue, validate_queue
 from fractal_pipeline.store import FractalStore, S3Store, StoreError, aws_error_code, sqs_client
 
 SENSOR_NAME = "fractal_spec_files"

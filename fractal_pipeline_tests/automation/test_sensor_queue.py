@@ -25,7 +25,7 @@ from fractal_pipeline.automation import (
     automation_for,
 )
 from fractal_pipeline.aws.deploy import TEMPLATE_PATH, load_template
-from fractal_pipeline.spec_queue import announced_files
+from fractal_pipeline.specfiles.queue import announced_files
 from fractal_pipeline.store import StoreError
 
 from ..conftest import s3_client
