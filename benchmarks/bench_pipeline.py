@@ -12,7 +12,7 @@
    by 10-30 % within minutes, so only measurements taken side by side compare.
 2. The same N specs as one batched `fractal_images` run on a temporary SQLite
    instance configured as `fractal-pipeline run` configures a new DAGSTER_HOME
-   (instance_storage.instance_yaml: pooled event-log connections) with 1 worker,
+   (instance.home.instance_yaml: pooled event-log connections) with 1 worker,
    then with 2: wall time of the run as `fractal-pipeline run` runs it, the render
    workers started as the run is launched (rendering.workers_started_early, inside
    the timed span), storing into an emptied folder (the same one every time: what a
@@ -47,7 +47,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from fractal_pipeline.assets import PARTITIONS_NAME
 from fractal_pipeline.definitions import build_definitions
 from fractal_pipeline.fractals import FractalSpec, random_specs
-from fractal_pipeline.instance_storage import instance_yaml
+from fractal_pipeline.instance.home import instance_yaml
 from fractal_pipeline.rendering import workers_started_early
 from fractal_pipeline.store import StoreConfig
 

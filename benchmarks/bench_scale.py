@@ -33,7 +33,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from fractal_pipeline.assets import PARTITIONS_NAME
 from fractal_pipeline.definitions import build_definitions
 from fractal_pipeline.fractals import FractalSpec, random_specs, render_png
-from fractal_pipeline.instance_storage import instance_yaml
+from fractal_pipeline.instance.home import instance_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}

@@ -7,7 +7,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dagster as dg
-from dagster._core.events import DagsterEvent, DagsterEventBatchMetadata, generate_event_batch_id
 from pydantic import Field
 
 from fractal_pipeline.fractals import (
@@ -19,6 +18,7 @@ from fractal_pipeline.fractals import (
     make_collage,
     random_specs,
 )
+from fractal_pipeline.instance.events import MaterializationBatcher
 from fractal_pipeline.io_managers import PngCollection
 from fractal_pipeline.observability import WorkItem, batch_summary_markdown
 from fractal_pipeline.partitions import partition_range
@@ -168,53 +168,6 @@ def _partition_metadata(result: RenderResult) -> dict[str, Any]:
     return metadata
 
 
-class MaterializationBatcher:
-    """Records per-partition materializations in short batches: a few database transactions a second.
-
-    Each ``dg.AssetMaterialization`` becomes the event Dagster makes of a yielded
-    one (``DagsterEvent.asset_materialization``), marked as part of a batch. With
-    ``DAGSTER_EVENT_BATCH_SIZE`` set (``instance_storage`` sets it; so does
-    deploy/template.yaml for the Postgres instance), Dagster holds a batch's
-    events until its last one and hands them to the event log's
-    ``store_event_batch``: one transaction instead of one per partition. Without
-    it, each event is stored when made, as if yielded. A batch closes once its
-    oldest event is ``window_s`` old (checked on each :meth:`add` and on
-    :meth:`tick`, the render loop's idle heartbeat) or on :meth:`flush`: a
-    partition is recorded at most ~``window_s`` after its PNG is stored, and
-    never before.
-    """
-
-    def __init__(self, context: dg.AssetExecutionContext, window_s: float):
-        self._step = context.get_step_execution_context()
-        self._window_s = window_s
-        self._pending: list[dg.AssetMaterialization] = []
-        self._opened = 0.0
-
-    def add(self, materialization: dg.AssetMaterialization) -> list[DagsterEvent]:
-        """Buffer one; returns the recorded events if that closed the batch (to yield from the step)."""
-        if not self._pending:
-            self._opened = time.monotonic()
-        self._pending.append(materialization)
-        return self.tick()
-
-    def tick(self) -> list[DagsterEvent]:
-        """Close the batch if its oldest event is ``window_s`` old."""
-        if self._pending and time.monotonic() - self._opened >= self._window_s:
-            return self.flush()
-        return []
-
-    def flush(self) -> list[DagsterEvent]:
-        """Record everything buffered, now."""
-        pending, self._pending = self._pending, []
-        batch_id = generate_event_batch_id()
-        return [
-            DagsterEvent.asset_materialization(
-                self._step, materialization, DagsterEventBatchMetadata(batch_id, index == len(pending) - 1)
-            )
-            for index, materialization in enumerate(pending)
-        ]
-
-
 def _materialized_in_run(context: dg.AssetExecutionContext) -> set[str]:
     """Partitions of this asset that this run already materialised (before a step retry)."""
     records = context.instance.get_records_for_run(
@@ -266,7 +219,7 @@ def fractal_images(
     config: RenderConfig,
     store: FractalStoreResource,
     renderer: RenderBackendResource,
-) -> Iterator[DagsterEvent | dg.AssetCheckResult]:
+) -> Iterator[dg.DagsterEvent | dg.AssetCheckResult]:
     in_range = list(context.partition_keys)
     if not in_range:
         raise dg.Failure(description=_empty_range_message(context), allow_retries=False)
@@ -293,7 +246,7 @@ def _empty_range_message(context: dg.AssetExecutionContext) -> str:
     )
 
 
-def _record_skipped(context: dg.AssetExecutionContext, skipped: list[str]) -> Iterator[DagsterEvent]:
+def _record_skipped(context: dg.AssetExecutionContext, skipped: list[str]) -> Iterator[dg.DagsterEvent]:
     """Record again the skipped partitions that are materialised, so that the failed run does not mark them failed.
 
     Dagster marks a partition failed when a failed run planned it and nothing materialised it since; a run
@@ -370,7 +323,7 @@ def _render_images(
     renderer: RenderBackendResource,
     keys: list[str],
     skipped: list[str],
-) -> Iterator[DagsterEvent | dg.AssetCheckResult]:
+) -> Iterator[dg.DagsterEvent | dg.AssetCheckResult]:
     try:
         store.get_store().check()
     except StoreError as exc:

@@ -23,6 +23,7 @@ from fractal_pipeline.aws.commands import register as register_aws_commands
 from fractal_pipeline.aws.commands import use_backend
 from fractal_pipeline.console import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_USAGE, fail, note
 from fractal_pipeline.fractals import DEFAULT_SIZE, KINDS, PALETTES, FractalSpec, InvalidSpec, render_png
+from fractal_pipeline.instance.home import one_line
 from fractal_pipeline.observability import SOURCE_TAG
 from fractal_pipeline.store import image_key
 
@@ -47,60 +48,24 @@ def _consoles() -> None:
     err = Console(stderr=True)
 
 
-DEFAULT_DAGSTER_HOME = Path.home() / ".fractal_pipeline" / "dagster_home"
-#: What earlier versions wrote into a new DAGSTER_HOME (upgraded to :func:`instance_yaml` on use).
-LEGACY_DAGSTER_YAML = "# Embedded defaults: SQLite storage in this folder.\n"
-
-
-def _home_path() -> Path:
-    return Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).expanduser().resolve()
-
-
 def ensure_dagster_home() -> Path:
-    """Use ``$DAGSTER_HOME``, or create the default one, so runs persist and show up in ``dagster dev``.
+    """Use ``$DAGSTER_HOME``, or create the default one; exits 2 with one line if it cannot be used."""
+    from fractal_pipeline.instance.home import HomeError, ensure_dagster_home
 
-    Exits 2 with one line if the folder cannot be made or written.
-    """
-    home = _home_path()
     try:
-        home.mkdir(parents=True, exist_ok=True)
-        config = home / "dagster.yaml"
-        if not config.exists() or config.read_text() == LEGACY_DAGSTER_YAML:
-            from fractal_pipeline.instance_storage import instance_yaml  # imports dagster: only when needed
-
-            config.write_text(instance_yaml(home))
-    except OSError as exc:
-        raise fail(
-            f"DAGSTER_HOME: cannot use {home} ({exc.strerror or exc}); point DAGSTER_HOME at a writable folder",
-            EXIT_USAGE,
-        ) from None
-    if not os.access(home, os.W_OK):
-        raise fail(f"DAGSTER_HOME: {home} is not writable; point DAGSTER_HOME at a writable folder", EXIT_USAGE)
-    os.environ["DAGSTER_HOME"] = str(home)
-    return home
+        return ensure_dagster_home()
+    except HomeError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
 
 
 def _load_instance(home: Path) -> dg.DagsterInstance:
     """The instance in ``home``; exits 2 with one line if its ``dagster.yaml`` or storage cannot be loaded."""
-    import dagster as dg
+    from fractal_pipeline.instance.home import HomeError, load_instance
 
     try:
-        return dg.DagsterInstance.from_config(str(home))
-    except Exception as exc:  # YAML, config schema, storage class or database: all mean the home is unusable
-        raise _unusable_home(home, exc) from None
-
-
-def _unusable_home(home: Path, exc: Exception) -> typer.Exit:
-    return fail(
-        f"DAGSTER_HOME: the instance in {home} cannot be loaded ({_one_line(exc)}); "
-        f"fix {home / 'dagster.yaml'} or point DAGSTER_HOME at another folder",
-        EXIT_USAGE,
-    )
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+        return load_instance(home)
+    except HomeError as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
 
 
 def _quiet_dagster_warnings() -> None:
@@ -435,9 +400,9 @@ def _stored(store: Any, keys: list[str], known: set[str] | None = None) -> set[s
     except Exception as exc:  # the store went away mid-run
         if known is None:
             raise fail(
-                f"cannot list the stored PNGs ({_one_line(exc)}); run the same command again when the store is back"
+                f"cannot list the stored PNGs ({one_line(exc)}); run the same command again when the store is back"
             ) from None
-        note(f"the store cannot be listed ({_one_line(exc)}); showing the PNGs this command saw stored")
+        note(f"the store cannot be listed ({one_line(exc)}); showing the PNGs this command saw stored")
         return known & set(keys)
     return stored
 
@@ -521,16 +486,17 @@ _STATUS_STYLE = {"SUCCESS": "green", "FAILURE": "red", "CANCELED": "dim", "CANCE
 
 def _read_instance() -> tuple[dg.DagsterInstance, Path]:
     """The instance in ``$DAGSTER_HOME`` (default: the CLI's), for reading; never creates one."""
+    from fractal_pipeline.instance.home import home_path, unusable_home
     from fractal_pipeline.observability import ObservabilityError, open_instance
 
     _quiet_dagster_warnings()
-    home = _home_path()
+    home = home_path()
     try:
         return open_instance(home), home
     except ObservabilityError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
     except Exception as exc:  # a dagster.yaml or storage that cannot be loaded
-        raise _unusable_home(home, exc) from None
+        raise fail(str(unusable_home(home, exc)), EXIT_USAGE) from None
 
 
 def _resolve_run(instance: dg.DagsterInstance, home: Path, prefix: str) -> str:

@@ -27,7 +27,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fractal_pipeline.cli import app
-from fractal_pipeline.instance_storage import instance_yaml
+from fractal_pipeline.instance.home import instance_yaml
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]

@@ -29,7 +29,7 @@ import psutil
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
-from fractal_pipeline.instance_storage import instance_yaml
+from fractal_pipeline.instance.home import instance_yaml
 
 from ..conftest import group_processes
 

@@ -1,4 +1,4 @@
-"""The embedded instance storage (instance_storage.py): pooled SQLite event log, batched writes.
+"""The embedded instance (fractal_pipeline/instance/): pooled SQLite event log, batched writes.
 
 What must hold: it is Dagster's SQLite storage with the same files (an
 instance can switch to plain ``storage: sqlite`` and back and see the same
@@ -29,15 +29,10 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventL
 from dagster._core.test_utils import create_run_for_test
 
 from fractal_pipeline.assets import PARTITIONS_NAME
-from fractal_pipeline.cli import LEGACY_DAGSTER_YAML, ensure_dagster_home
 from fractal_pipeline.definitions import build_definitions
-from fractal_pipeline.instance_storage import (
-    MAX_OPEN_SHARDS,
-    PooledSqliteEventLogStorage,
-    PooledSqliteStorage,
-    ThreadMirroredComputeLogManager,
-    instance_yaml,
-)
+from fractal_pipeline.instance.compute_logs import ThreadMirroredComputeLogManager
+from fractal_pipeline.instance.home import LEGACY_DAGSTER_YAML, ensure_dagster_home, instance_yaml
+from fractal_pipeline.instance.storage import MAX_OPEN_SHARDS, PooledSqliteEventLogStorage, PooledSqliteStorage
 
 from ..conftest import materialize_images
 
@@ -119,6 +114,25 @@ def test_new_home_uses_pooled_storage_and_plain_sqlite_reads_the_same_history(tm
         records = instance.fetch_materializations(IMAGES, limit=10).records
         assert len(records) == 4
         assert {record.partition_key for record in records} == set(keys)
+
+
+def test_a_home_written_by_an_earlier_version_names_the_old_class_paths_and_still_loads(
+    tmp_path: Path, local_env: Path
+) -> None:
+    home = make_home(tmp_path / "home")
+    yaml = (home / "dagster.yaml").read_text()
+    assert "module: fractal_pipeline.instance." in yaml  # what a new home names
+    old = yaml.replace("fractal_pipeline.instance.storage", "fractal_pipeline.instance_storage")
+    old = old.replace("fractal_pipeline.instance.compute_logs", "fractal_pipeline.instance_storage")
+    assert old.count("module: fractal_pipeline.instance_storage") == 2
+    (home / "dagster.yaml").write_text(old)
+    keys = ["dragon_3-64px", "levy_c_3-64px"]
+    with open_instance(home) as instance:
+        assert isinstance(instance.event_log_storage, PooledSqliteEventLogStorage)
+        assert isinstance(instance.compute_log_manager, ThreadMirroredComputeLogManager)
+        instance.add_dynamic_partitions(PARTITIONS_NAME, keys)
+        assert materialize_images(build_definitions("local"), instance, keys[0], keys[-1]).success
+        assert instance.get_materialized_partitions(IMAGES) == set(keys)
 
 
 def test_batched_materializations_leave_the_rows_single_writes_leave(tmp_path: Path) -> None:
@@ -355,7 +369,7 @@ MIRROR_SCRIPT = """
 import os, subprocess, sys
 from dagster._core.storage.compute_log_manager import ComputeIOType
 from dagster._core.storage.local_compute_log_manager import IO_TYPE_EXTENSION
-from fractal_pipeline.instance_storage import ThreadMirroredComputeLogManager
+from fractal_pipeline.instance.compute_logs import ThreadMirroredComputeLogManager
 
 manager = ThreadMirroredComputeLogManager(sys.argv[1])
 key = ["run", "fractal_images"]

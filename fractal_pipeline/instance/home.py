@@ -1,0 +1,97 @@
+"""The CLI's ``DAGSTER_HOME``: where it is, the ``dagster.yaml`` written into a new one, and loading its instance."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import dagster as dg
+
+DEFAULT_DAGSTER_HOME = Path.home() / ".fractal_pipeline" / "dagster_home"
+#: What earlier versions wrote into a new DAGSTER_HOME (upgraded to :func:`instance_yaml` on use).
+LEGACY_DAGSTER_YAML = "# Embedded defaults: SQLite storage in this folder.\n"
+
+
+class HomeError(Exception):
+    """``DAGSTER_HOME`` cannot be used; the message names the folder and the fix."""
+
+
+def home_path() -> Path:
+    """``$DAGSTER_HOME``, else the CLI's default home, resolved."""
+    return Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).expanduser().resolve()
+
+
+def instance_yaml(home: Path) -> str:
+    """The ``dagster.yaml`` the CLI writes into a new ``DAGSTER_HOME``: SQLite storage in ``home``, pooled."""
+    # Imported here: they load Dagster's storage, which commands that only read a home's path never need.
+    from fractal_pipeline.instance.compute_logs import ThreadMirroredComputeLogManager as logs
+    from fractal_pipeline.instance.storage import PooledSqliteStorage as storage
+
+    return (
+        "# Embedded defaults: SQLite storage in this folder (runs, event log, schedules),\n"
+        "# Dagster's own SqliteStorage with pooled event-log connections\n"
+        "# (fractal_pipeline/instance/storage.py). Replace this block with `storage: sqlite:`\n"
+        "# or `storage: postgres:` at will: the files and schema are the same.\n"
+        "storage:\n"
+        "  custom:\n"
+        f"    module: {storage.__module__}\n"
+        f"    class: {storage.__name__}\n"
+        "    config:\n"
+        f"      base_dir: {json.dumps(str(home))}\n"
+        "# Captured step output, as Dagster's default (files under storage/), mirrored to the\n"
+        "# console from a thread instead of `tail` processes.\n"
+        "compute_logs:\n"
+        f"  module: {logs.__module__}\n"
+        f"  class: {logs.__name__}\n"
+        "  config:\n"
+        f"    base_dir: {json.dumps(str(home / 'storage'))}\n"
+    )
+
+
+def ensure_dagster_home() -> Path:
+    """Use ``$DAGSTER_HOME``, or create the default one, so runs persist and show up in ``dagster dev``.
+
+    A new home (or one an earlier version made) gets :func:`instance_yaml`. HomeError if the folder
+    cannot be made or written.
+    """
+    home = home_path()
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        config = home / "dagster.yaml"
+        if not config.exists() or config.read_text() == LEGACY_DAGSTER_YAML:
+            config.write_text(instance_yaml(home))
+    except OSError as exc:
+        raise HomeError(
+            f"DAGSTER_HOME: cannot use {home} ({exc.strerror or exc}); point DAGSTER_HOME at a writable folder"
+        ) from None
+    if not os.access(home, os.W_OK):
+        raise HomeError(f"DAGSTER_HOME: {home} is not writable; point DAGSTER_HOME at a writable folder")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type and its first 300 characters, whitespace folded."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def unusable_home(home: Path, exc: BaseException) -> HomeError:
+    """The one line for a home whose ``dagster.yaml`` or storage cannot be loaded."""
+    return HomeError(
+        f"DAGSTER_HOME: the instance in {home} cannot be loaded ({one_line(exc)}); "
+        f"fix {home / 'dagster.yaml'} or point DAGSTER_HOME at another folder"
+    )
+
+
+def load_instance(home: Path) -> dg.DagsterInstance:
+    """The instance in ``home``; HomeError if its ``dagster.yaml`` or storage cannot be loaded."""
+    import dagster as dg
+
+    try:
+        return dg.DagsterInstance.from_config(str(home))
+    except Exception as exc:  # YAML, config schema, storage class or database: all mean the home is unusable
+        raise unusable_home(home, exc) from None
