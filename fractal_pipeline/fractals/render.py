@@ -56,8 +56,10 @@ def _load_isal() -> tuple[Any, str]:
     return isal_zlib, str(isal.__version__)
 
 
-# ISA-L picks its deflate code by CPU features at run time; the bytes it writes are not guaranteed to be
-# the same across CPUs or runs, only the pixels are (docs/performance.md, "ISA-L and the CPU").
+# ISA-L picks its deflate code by CPU features at run time. Its level 1 (and 2) match finder can pick another
+# of two equally long matches for a few scanline buffers in a few processes, so the same pixels can give
+# different IDAT bytes from one process to the next; the pixels are always the same. The cause is not found
+# (docs/performance.md, "ISA-L and the CPU"); pyproject.toml and deploy/Dockerfile.lambda pin one isal version.
 _isal_zlib, _isal_version = _load_isal()
 #: The encoder this process writes PNGs with, as recorded in their :data:`PNG_ENCODER_CHUNK`.
 PNG_ENCODER: Final = f"isal {_isal_version}" if _isal_zlib is not None else f"zlib {zlib.ZLIB_RUNTIME_VERSION}"

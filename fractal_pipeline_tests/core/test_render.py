@@ -271,6 +271,25 @@ def test_render_png_is_identical_across_processes() -> None:
     assert len(set(in_process)) == len(in_process)
 
 
+@pytest.mark.parametrize("kind", ["twin_dragon", "segment_curve", "crystal", "moore"])
+def test_deflate_does_not_depend_on_where_the_scanlines_sit(kind: str) -> None:
+    # The kinds whose IDAT bytes were seen to differ between processes (docs/performance.md, "ISA-L and
+    # the CPU"): the same scanlines deflate to the same bytes at any address, whatever bytes lie before
+    # and after them, and every scanline byte handed to the encoder is written (filter bytes 0).
+    from fractal_pipeline.fractals.render import SEGMENT_BUDGET, _deflate, _draw_scanlines
+
+    scanlines, _ = _draw_scanlines(FractalSpec(kind, KINDS[kind].default_depth), SEGMENT_BUDGET)
+    assert not scanlines[:: 1024 + 1].any()
+    expected = _deflate(scanlines.copy())
+    rng = np.random.default_rng(16)
+    room = np.empty(scanlines.size + 3 * 4096, dtype=np.uint8)
+    for offset in rng.integers(0, 2 * 4096, 32):
+        room[:] = rng.integers(0, 256, room.size, dtype=np.uint8)
+        placed = room[offset : offset + scanlines.size]
+        placed[:] = scanlines
+        assert _deflate(placed) == expected
+
+
 def test_render_png_is_a_valid_indexed_png_carrying_its_spec() -> None:
     spec = FractalSpec("sierpinski", 3, 96, "forest")
     data = render_png(spec)
