@@ -48,8 +48,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from fractal_pipeline.fractals import random_specs  # noqa: E402
-from fractal_pipeline.rendering import render_and_store  # noqa: E402
 from fractal_pipeline.store import LocalStore  # noqa: E402
+from fractal_pipeline.workers.results import render_and_store  # noqa: E402
 
 PRICES_AS_OF = "January 2025, us-east-1"
 LAMBDA_X86_GB_S = 0.0000166667

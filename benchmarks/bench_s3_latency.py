@@ -30,8 +30,9 @@ import boto3
 from moto.server import ThreadedMotoServer
 
 from fractal_pipeline.fractals import random_specs
-from fractal_pipeline.rendering import RenderResult, render_and_store, render_many
 from fractal_pipeline.store import StoreConfig, open_store
+from fractal_pipeline.workers.pool import render_many
+from fractal_pipeline.workers.results import RenderResult, render_and_store
 
 BUCKET = "latency-bench"
 

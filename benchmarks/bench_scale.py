@@ -30,8 +30,8 @@ import dagster as dg
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from fractal_pipeline.assets import PARTITIONS_NAME
 from fractal_pipeline.definitions import build_definitions
+from fractal_pipeline.defs.partitions import PARTITIONS_NAME
 from fractal_pipeline.fractals import FractalSpec, random_specs, render_png
 from fractal_pipeline.instance.home import instance_yaml
 

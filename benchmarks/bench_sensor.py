@@ -59,16 +59,13 @@ import dagster as dg  # noqa: E402
 from dagster._core.scheduler.instigation import InstigatorType  # noqa: E402
 from dagster_aws.s3.sensor import get_objects  # noqa: E402
 
-from fractal_pipeline.automation import (  # noqa: E402
-    DEFAULT_RECONCILE_S,
-    SENSOR_NAME,
-    TAG_SPEC_FILE,
-    SpecFilesCursor,
-    evaluate_spec_files,
-)
 from fractal_pipeline.aws.deploy import TEMPLATE_PATH, load_template  # noqa: E402
+from fractal_pipeline.defs.resources import FractalStoreResource  # noqa: E402
+from fractal_pipeline.defs.sensors.cursor import SENSOR_NAME, SpecFilesCursor  # noqa: E402
+from fractal_pipeline.defs.sensors.spec_files import evaluate_spec_files  # noqa: E402
+from fractal_pipeline.defs.settings import DEFAULT_RECONCILE_S  # noqa: E402
+from fractal_pipeline.defs.tags import SPEC_FILE as TAG_SPEC_FILE  # noqa: E402
 from fractal_pipeline.fractals import random_specs  # noqa: E402
-from fractal_pipeline.resources import FractalStoreResource  # noqa: E402
 from fractal_pipeline.specfiles import parse_spec_file  # noqa: E402
 from fractal_pipeline_tests.e2e.test_automation_e2e import dagster_dev  # noqa: E402
 

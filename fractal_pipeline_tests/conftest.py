@@ -17,7 +17,7 @@ import psutil
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from fractal_pipeline.cli import run_failure_message
+from fractal_pipeline.runs.execute import run_failure_message
 
 from .pg import NO_POSTGRES, PgServer, answering_server, find_pg_ctl, from_environment, throwaway_cluster
 
@@ -257,11 +257,20 @@ def group_processes(pgid: int) -> list[psutil.Process]:
 
 
 def spawned(processes: Iterable[psutil.Process]) -> list[psutil.Process]:
-    """Those of ``processes`` started by multiprocessing's spawn (render workers, Dagster step processes)."""
+    """Those of ``processes`` started by multiprocessing's spawn (Dagster's step processes)."""
+    return _with_in_command_line(processes, "spawn_main")
+
+
+def render_workers(processes: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``processes`` that are render workers (``python -m fractal_pipeline.workers.worker``)."""
+    return _with_in_command_line(processes, "fractal_pipeline.workers.worker")
+
+
+def _with_in_command_line(processes: Iterable[psutil.Process], text: str) -> list[psutil.Process]:
     found = []
     for proc in processes:
         try:
-            if "spawn_main" in " ".join(proc.cmdline()):
+            if text in " ".join(proc.cmdline()) and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)
         except psutil.NoSuchProcess:
             continue

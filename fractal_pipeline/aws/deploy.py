@@ -235,10 +235,51 @@ def deploy(
             raise DeployError(f"stack {stack} is {status} and must be deleted first; run `fractal-pipeline destroy`")
         echo(f"stack {stack} is {status} (a failed first deploy); deleting it before creating it again")
         destroy(stack, cfn=cfn, echo=echo, timeout_s=timeout_s, poll_s=poll_s)
-        status = None
+        status = description = None
     elif status is not None and status.endswith(BUSY_SUFFIX):
         raise DeployError(f"stack {stack} is busy ({status}); wait until it finishes, then deploy again")
     kind = "CREATE" if status is None else "UPDATE"
+    values = _parameter_values(template_body, parameters, kind, description, create_parameters)
+    seen = _seen_events(cfn, stack) if status is not None else set()
+    if kind == "CREATE" and not dry_run:
+        echo(f"creating stack {stack}")
+        cfn.create_stack(
+            StackName=stack, TemplateBody=template_body, Parameters=values, Capabilities=CAPABILITIES, Tags=STACK_TAGS
+        )
+        return _finish(cfn, stack, "created", [], echo, seen, timeout_s, poll_s)
+    change_set = f"fractal-pipeline-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 1_000_000:06d}"
+    echo(f"{'previewing' if dry_run else 'updating'} stack {stack}: change set {change_set}")
+    if not _create_change_set(cfn, stack, change_set, kind, template_body, values):
+        echo(f"stack {stack} is up to date: no changes")
+        return DeployResult(stack, "unchanged", stack_outputs(description or {}))
+    described = _wait_for_change_set(cfn, stack, change_set, timeout_s, poll_s)
+    if described["Status"] == "FAILED":
+        return _failed_change_set(cfn, stack, change_set, kind, str(described.get("StatusReason", "")), echo)
+    changes = _changes(described)
+    for action, resource_type, logical_id in changes:
+        echo(f"  {action:<10} {resource_type:<45} {logical_id}")
+    if dry_run:
+        cfn.delete_change_set(StackName=stack, ChangeSetName=change_set)
+        if kind == "CREATE":
+            cfn.delete_stack(StackName=stack)
+        echo(f"dry run: {len(changes)} changes to stack {stack}; nothing was executed")
+        return DeployResult(stack, "dry-run", changes=changes)
+    cfn.execute_change_set(StackName=stack, ChangeSetName=change_set)
+    return _finish(cfn, stack, "updated", changes, echo, seen, timeout_s, poll_s)
+
+
+#: Tags every stack this CLI creates carries.
+STACK_TAGS = [{"Key": "project", "Value": "fractal-pipeline"}]
+
+
+def _parameter_values(
+    template_body: str,
+    parameters: Mapping[str, str],
+    kind: str,
+    description: Mapping[str, Any] | None,
+    create_parameters: Callable[[], Mapping[str, str]] | None,
+) -> list[dict[str, Any]]:
+    """The stack's parameters: those given; on create, ``create_parameters()``; on update, the previous values."""
     declared = set(load_template(template_body).get("Parameters") or {})
     unknown = sorted(set(parameters) - declared)
     if unknown:
@@ -254,16 +295,13 @@ def deploy(
         values += [
             {"ParameterKey": key, "UsePreviousValue": True} for key in sorted((previous & declared) - set(parameters))
         ]
-    seen = _seen_events(cfn, stack) if status is not None else set()
-    tags = [{"Key": "project", "Value": "fractal-pipeline"}]
-    if kind == "CREATE" and not dry_run:
-        echo(f"creating stack {stack}")
-        cfn.create_stack(
-            StackName=stack, TemplateBody=template_body, Parameters=values, Capabilities=CAPABILITIES, Tags=tags
-        )
-        return _finish(cfn, stack, "created", [], echo, seen, timeout_s, poll_s)
-    change_set = f"fractal-pipeline-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 1_000_000:06d}"
-    echo(f"{'previewing' if dry_run else 'updating'} stack {stack}: change set {change_set}")
+    return values
+
+
+def _create_change_set(
+    cfn: Any, stack: str, change_set: str, kind: str, template_body: str, values: list[dict[str, Any]]
+) -> bool:
+    """Create the change set; False if the server refuses an empty update up front (some implementations do)."""
     from botocore.exceptions import ClientError
 
     try:
@@ -274,34 +312,24 @@ def deploy(
             TemplateBody=template_body,
             Parameters=values,
             Capabilities=CAPABILITIES,
-            Tags=tags,
+            Tags=STACK_TAGS,
         )
-    except ClientError as exc:  # some implementations refuse an empty update up front
+    except ClientError as exc:
         if kind == "UPDATE" and any(text in aws_error_message(exc) for text in NO_CHANGES):
-            echo(f"stack {stack} is up to date: no changes")
-            return DeployResult(stack, "unchanged", stack_outputs(description or {}))
+            return False
         raise
-    described = _wait_for_change_set(cfn, stack, change_set, timeout_s, poll_s)
-    if described["Status"] == "FAILED":
-        reason = str(described.get("StatusReason", ""))
-        cfn.delete_change_set(StackName=stack, ChangeSetName=change_set)
-        if kind == "UPDATE" and any(text in reason for text in NO_CHANGES):
-            echo(f"stack {stack} is up to date: no changes")
-            return DeployResult(stack, "unchanged", stack_outputs(describe_stack(cfn, stack) or {}))
-        if kind == "CREATE":
-            cfn.delete_stack(StackName=stack)  # the empty REVIEW_IN_PROGRESS stack the change set made
-        raise DeployError(f"stack {stack}: change set failed: {reason}")
-    changes = _changes(described)
-    for action, resource_type, logical_id in changes:
-        echo(f"  {action:<10} {resource_type:<45} {logical_id}")
-    if dry_run:
-        cfn.delete_change_set(StackName=stack, ChangeSetName=change_set)
-        if kind == "CREATE":
-            cfn.delete_stack(StackName=stack)
-        echo(f"dry run: {len(changes)} changes to stack {stack}; nothing was executed")
-        return DeployResult(stack, "dry-run", changes=changes)
-    cfn.execute_change_set(StackName=stack, ChangeSetName=change_set)
-    return _finish(cfn, stack, "updated", changes, echo, seen, timeout_s, poll_s)
+    return True
+
+
+def _failed_change_set(cfn: Any, stack: str, change_set: str, kind: str, reason: str, echo: Echo) -> DeployResult:
+    """A change set that failed: "no changes" is an up-to-date stack; anything else is a DeployError."""
+    cfn.delete_change_set(StackName=stack, ChangeSetName=change_set)
+    if kind == "UPDATE" and any(text in reason for text in NO_CHANGES):
+        echo(f"stack {stack} is up to date: no changes")
+        return DeployResult(stack, "unchanged", stack_outputs(describe_stack(cfn, stack) or {}))
+    if kind == "CREATE":
+        cfn.delete_stack(StackName=stack)  # the empty REVIEW_IN_PROGRESS stack the change set made
+    raise DeployError(f"stack {stack}: change set failed: {reason}")
 
 
 def _finish(

@@ -30,12 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
-from dagster._core.pipes.context import PipesMessageHandler
 from dagster_aws.pipes import PipesLambdaClient, PipesS3MessageReader
 
 from fractal_pipeline.aws.lambda_handler import FAILURE_MESSAGE, RESULT_MESSAGE
-from fractal_pipeline.rendering import RenderFailure, RenderResult
 from fractal_pipeline.store import StoreConfig, s3_client
+from fractal_pipeline.workers.results import RenderFailure, RenderResult
 
 #: Prefix of the pipes message chunks in the bucket (the function may write here).
 PIPES_PREFIX = "pipes/"
@@ -56,7 +55,7 @@ class PrefixedS3MessageReader(PipesS3MessageReader):
     def __init__(self, *, bucket: str, client: Any, prefix: str = PIPES_PREFIX, interval: float = READ_INTERVAL_S):
         super().__init__(bucket=bucket, client=client, interval=interval)
         self.prefix = prefix
-        self.handler: PipesMessageHandler | None = None
+        self.handler: dg.PipesMessageHandler | None = None
 
     @contextmanager
     def get_params(self) -> Iterator[Mapping[str, Any]]:
@@ -64,7 +63,7 @@ class PrefixedS3MessageReader(PipesS3MessageReader):
             yield {**params, "key_prefix": f"{self.prefix}{params['key_prefix']}"}
 
     @contextmanager
-    def read_messages(self, handler: PipesMessageHandler) -> Iterator[Mapping[str, Any]]:
+    def read_messages(self, handler: dg.PipesMessageHandler) -> Iterator[Mapping[str, Any]]:
         self.handler = handler
         with super().read_messages(handler) as params:
             yield params

@@ -5,9 +5,9 @@ Event (built by :mod:`fractal_pipeline.aws.lambda_backend` through ``PipesLambda
     {"keys": ["dragon_12", ...], "bucket": "my-fractals",
      "DAGSTER_PIPES_CONTEXT": "...", "DAGSTER_PIPES_MESSAGES": "..."}
 
-Each key is rendered and stored with :func:`fractal_pipeline.rendering.render_and_store`
+Each key is rendered and stored with :func:`fractal_pipeline.workers.results.render_and_store`
 (the same code as the local process pool, so the bytes are identical) and its
-:class:`~fractal_pipeline.rendering.RenderResult` is reported at once as a pipes
+:class:`~fractal_pipeline.workers.results.RenderResult` is reported at once as a pipes
 custom message; a spec that fails is reported as a failure and does not stop the
 chunk. The Dagster side turns these messages back into ``RenderResult`` /
 ``RenderFailure`` objects.
@@ -45,8 +45,8 @@ from dagster_pipes import (
 )
 
 from fractal_pipeline.fractals import tune_allocator
-from fractal_pipeline.rendering import render_and_store
 from fractal_pipeline.store import S3Store, endpoint_from_env
+from fractal_pipeline.workers.results import render_and_store
 
 #: ``type`` of the custom message that carries one ``RenderResult.to_json()``.
 RESULT_MESSAGE = "fractal_pipeline/render_result"

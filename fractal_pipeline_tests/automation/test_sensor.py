@@ -18,21 +18,15 @@ import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from dagster_aws.s3.sensor import get_objects
 
-from fractal_pipeline import automation
-from fractal_pipeline.assets import PARTITIONS_NAME
-from fractal_pipeline.automation import (
-    COLLAGE_SENSOR_NAME,
-    RENDER_AFTER_SCHEDULE_NAME,
-    RENDER_JOB_NAME,
-    SCHEDULE_NAME,
-    SENSOR_NAME,
-    SETTLE_SECONDS,
-    SpecFilesCursor,
-    evaluate_spec_files,
-    spec_files_sensor,
-)
 from fractal_pipeline.definitions import build_definitions
-from fractal_pipeline.resources import FractalStoreResource
+from fractal_pipeline.defs.jobs import RENDER_JOB_NAME
+from fractal_pipeline.defs.partitions import PARTITIONS_NAME
+from fractal_pipeline.defs.resources import FractalStoreResource
+from fractal_pipeline.defs.schedules import RENDER_AFTER_SCHEDULE_NAME, SCHEDULE_NAME
+from fractal_pipeline.defs.sensors import cursor as sensor_cursor
+from fractal_pipeline.defs.sensors.collage import COLLAGE_SENSOR_NAME
+from fractal_pipeline.defs.sensors.cursor import SENSOR_NAME, SETTLE_SECONDS, SpecFilesCursor
+from fractal_pipeline.defs.sensors.spec_files import evaluate_spec_files, spec_files_sensor
 from fractal_pipeline.store import StoreError
 
 from ..conftest import s3_client
@@ -255,7 +249,7 @@ def test_cursor_forgets_files_older_than_the_settle_window() -> None:
 def test_cursor_keeps_only_the_settle_window_of_uploads(
     s3_env: dict[str, str], instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(automation, "SETTLE_SECONDS", 1)
+    monkeypatch.setattr(sensor_cursor, "SETTLE_SECONDS", 1)
     for depth, name in enumerate("abc"):
         put(s3_env, f"specs/{name}.csv", f"kind,depth\ndragon,{depth}\n")
     daemon = FakeDaemon(instance, s3_env)

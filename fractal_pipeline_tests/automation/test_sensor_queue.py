@@ -18,13 +18,10 @@ import boto3
 import dagster as dg
 import pytest
 
-from fractal_pipeline.automation import (
-    DEFAULT_RECONCILE_S,
-    SENSOR_NAME,
-    SpecFilesCursor,
-    automation_for,
-)
 from fractal_pipeline.aws.deploy import TEMPLATE_PATH, load_template
+from fractal_pipeline.defs.deployment import automation_for
+from fractal_pipeline.defs.sensors.cursor import SENSOR_NAME, SpecFilesCursor
+from fractal_pipeline.defs.settings import DEFAULT_RECONCILE_S
 from fractal_pipeline.specfiles.queue import announced_files
 from fractal_pipeline.store import StoreError
 

@@ -137,7 +137,7 @@ def test_near_miss_text_never_raises(text: str) -> None:
 
 def test_parser_imports_neither_dagster_nor_boto3() -> None:
     code = (
-        "import sys, fractal_pipeline.specfiles, fractal_pipeline.partitions; "
+        "import sys, fractal_pipeline.specfiles, fractal_pipeline.defs.batch_plan; "
         "bad = [m for m in ('dagster', 'boto3') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

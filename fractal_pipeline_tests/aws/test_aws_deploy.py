@@ -29,7 +29,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fractal_pipeline.aws.deploy import TEMPLATE_PATH, load_template
-from fractal_pipeline.cli import app
+from fractal_pipeline.cli.app import app
 
 from ..conftest import QuietJsonHandler, moto_credentials
 from .test_aws_lambda import SubprocessLambdaClient

@@ -27,14 +27,15 @@ import dagster as dg
 import pytest
 from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, DAGSTER_PIPES_MESSAGES_ENV_VAR, encode_param
 
-from fractal_pipeline.assets import PARTITIONS_NAME, fractal_collage, fractal_images, fractal_specs
 from fractal_pipeline.aws.lambda_backend import chunked, outcomes_from_messages
 from fractal_pipeline.aws.lambda_handler import FAILURE_MESSAGE, RESULT_MESSAGE, BadEvent, handler
 from fractal_pipeline.definitions import build_definitions
+from fractal_pipeline.defs.assets import fractal_collage, fractal_images, fractal_specs
+from fractal_pipeline.defs.partitions import PARTITIONS_NAME
+from fractal_pipeline.defs.resources import RenderBackendResource
 from fractal_pipeline.fractals import FractalSpec, render_png
-from fractal_pipeline.rendering import RenderFailure, RenderResult
-from fractal_pipeline.resources import RenderBackendResource
 from fractal_pipeline.store import StoreConfig
+from fractal_pipeline.workers.results import RenderFailure, RenderResult
 
 from ..conftest import failure_message, materialize_images, materialize_specs, s3_client
 

@@ -96,7 +96,7 @@ def failed_partitions(home: Path) -> set[str]:
     """What the UI shows as failed partitions of fractal_images (Dagster's own status cache)."""
     from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 
-    from fractal_pipeline.assets import spec_partitions
+    from fractal_pipeline.defs.partitions import spec_partitions
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         value = get_and_update_asset_status_cache_value(instance, IMAGES, spec_partitions)

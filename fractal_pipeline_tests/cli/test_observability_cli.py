@@ -26,7 +26,7 @@ import dagster as dg
 import pytest
 from typer.testing import CliRunner
 
-from fractal_pipeline.cli import app
+from fractal_pipeline.cli.app import app
 from fractal_pipeline.instance.home import instance_yaml
 
 BIN = Path(sys.executable).parent
@@ -329,13 +329,9 @@ def test_empty_or_missing_instance_is_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_busy_counts_and_the_steps_markdown_summary() -> None:
-    from fractal_pipeline.observability import (
-        WorkItem,
-        batch_summary_markdown,
-        busy_counts,
-        peak_parallel,
-        render_lanes,
-    )
+    from fractal_pipeline.defs.summary import batch_summary_markdown
+    from fractal_pipeline.inspect.timeline import render_lanes
+    from fractal_pipeline.workers.timings import WorkItem, busy_counts, peak_parallel
 
     def item(worker: str, key: str, start: float, end: float) -> WorkItem:
         return WorkItem(worker, key, 100.0, 100 + start, 100 + start + 0.05, 100 + end - 0.01, 100 + end)
@@ -380,7 +376,8 @@ def test_busy_counts_and_the_steps_markdown_summary() -> None:
 
 
 def test_a_png_the_step_wrote_is_its_workers_put_marked_with_the_writer() -> None:
-    from fractal_pipeline.observability import WorkItem, render_lanes
+    from fractal_pipeline.inspect.timeline import render_lanes
+    from fractal_pipeline.workers.timings import WorkItem
 
     metadata = {
         "worker": "pid-2",

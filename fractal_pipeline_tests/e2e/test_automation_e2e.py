@@ -18,14 +18,10 @@ import dagster as dg
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from fractal_pipeline.assets import PARTITIONS_NAME
-from fractal_pipeline.automation import (
-    RANDOM_JOB_NAME,
-    RENDER_AFTER_SCHEDULE_NAME,
-    RENDER_JOB_NAME,
-    SCHEDULE_NAME,
-)
 from fractal_pipeline.definitions import build_definitions
+from fractal_pipeline.defs.jobs import RANDOM_JOB_NAME, RENDER_JOB_NAME
+from fractal_pipeline.defs.partitions import PARTITIONS_NAME
+from fractal_pipeline.defs.schedules import RENDER_AFTER_SCHEDULE_NAME, SCHEDULE_NAME
 
 from ..conftest import QUIET, asset_job, materialize_images, materialize_specs, s3_client
 
@@ -210,7 +206,7 @@ def test_collage_is_requested_once_after_image_partitions_land(local_env: Path, 
 def test_images_whose_launcher_tiles_the_collage_do_not_request_another(
     local_env: Path, instance: dg.DagsterInstance
 ) -> None:
-    from fractal_pipeline.assets import COLLAGE_BY_LAUNCHER_TAG
+    from fractal_pipeline.defs.tags import COLLAGE_BY_LAUNCHER as COLLAGE_BY_LAUNCHER_TAG
 
     defs = build_definitions("local")
 

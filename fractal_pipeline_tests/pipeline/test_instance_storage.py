@@ -28,8 +28,8 @@ from dagster._core.storage.event_log.sqlite import sqlite_event_log as sqlite_ev
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._core.test_utils import create_run_for_test
 
-from fractal_pipeline.assets import PARTITIONS_NAME
 from fractal_pipeline.definitions import build_definitions
+from fractal_pipeline.defs.partitions import PARTITIONS_NAME
 from fractal_pipeline.instance.compute_logs import ThreadMirroredComputeLogManager
 from fractal_pipeline.instance.home import LEGACY_DAGSTER_YAML, ensure_dagster_home, instance_yaml
 from fractal_pipeline.instance.storage import MAX_OPEN_SHARDS, PooledSqliteEventLogStorage, PooledSqliteStorage

@@ -10,13 +10,16 @@ import dagster as dg
 import pytest
 from PIL import Image
 
-from fractal_pipeline.assets import PARTITIONS_NAME
 from fractal_pipeline.definitions import build_definitions
+from fractal_pipeline.defs.partitions import PARTITIONS_NAME
 from fractal_pipeline.fractals import FractalSpec, render_png
 
 from ..conftest import failure_message, materialize_collage, materialize_images, materialize_specs
 
 IMAGES = dg.AssetKey("fractal_images")
+#: A spec list as an earlier version pickled it (the fractal_specs asset's output, seed 7, 64 px).
+OLD_SPECS_PICKLE = Path(__file__).parents[1] / "data" / "fractal_specs.pickle"
+OLD_SPECS = [FractalSpec("levy_c", 11, 64), FractalSpec("dragon", 12, 64), FractalSpec("peano", 3, 64)]
 
 
 def test_definitions_load_and_validate(local_env: Path) -> None:
@@ -25,6 +28,15 @@ def test_definitions_load_and_validate(local_env: Path) -> None:
     dg.Definitions.validate_loadable(definitions.defs)
     keys = {key.to_user_string() for key in definitions.defs.resolve_all_asset_keys()}
     assert keys == {"fractal_specs", "fractal_images", "fractal_collage"}
+
+
+def test_a_spec_list_pickled_by_an_earlier_version_still_loads(local_env: Path, instance: dg.DagsterInstance) -> None:
+    stored = Path(instance.storage_directory()) / "fractal_specs"
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    stored.write_bytes(OLD_SPECS_PICKLE.read_bytes())
+    loaded = build_definitions("local").load_asset_value("fractal_specs", instance=instance)
+    assert loaded == OLD_SPECS
+    assert [spec.key for spec in loaded] == ["levy_c_11-64px", "dragon_12-64px", "peano_3-64px"]
 
 
 def test_unknown_deployment_is_one_clear_error(local_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,8 +23,8 @@ import dagster as dg
 import pytest
 import yaml
 
-from fractal_pipeline.assets import PARTITIONS_NAME, spec_partitions
 from fractal_pipeline.definitions import build_definitions
+from fractal_pipeline.defs.partitions import PARTITIONS_NAME, spec_partitions
 
 from ..conftest import failure_message, materialize_collage, materialize_images, materialize_specs
 from ..pg import PgServer
@@ -181,7 +181,7 @@ def test_postgres_connections_killed_mid_run(
 ) -> None:
     import threading
 
-    from fractal_pipeline.assets import MaterializationBatcher
+    from fractal_pipeline.instance.events import MaterializationBatcher
 
     overrides = deploy_config("storage", "concurrency")
     with dg.instance_for_test(overrides=overrides) as instance:

@@ -13,8 +13,8 @@ import dagster as dg
 import pytest
 from PIL import Image
 
-from fractal_pipeline.assets import PARTITIONS_NAME
 from fractal_pipeline.definitions import build_definitions
+from fractal_pipeline.defs.partitions import PARTITIONS_NAME
 from fractal_pipeline.fractals import FractalSpec, render_png
 from fractal_pipeline.store import S3Store, StoreError
 
@@ -56,6 +56,16 @@ def test_pipeline_writes_pngs_specs_and_collage_to_the_bucket(
     data = s3_client(endpoint).get_object(Bucket=bucket, Key="collages/fractal_collage.png")["Body"].read()
     with Image.open(io.BytesIO(data)) as image:
         assert image.getbbox() is not None
+
+
+def test_a_spec_list_pickled_into_the_bucket_by_an_earlier_version_still_loads(
+    s3_env: dict[str, str], instance: dg.DagsterInstance
+) -> None:
+    from .test_pipeline import OLD_SPECS, OLD_SPECS_PICKLE
+
+    endpoint, bucket = s3_env["AWS_ENDPOINT_URL"], s3_env["FRACTALS_BUCKET"]
+    s3_client(endpoint).put_object(Bucket=bucket, Key="dagster/fractal_specs", Body=OLD_SPECS_PICKLE.read_bytes())
+    assert build_definitions().load_asset_value("fractal_specs", instance=instance) == OLD_SPECS
 
 
 def test_minio_endpoint_is_an_alias(

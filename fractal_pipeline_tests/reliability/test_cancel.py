@@ -16,7 +16,7 @@ from dagster._core.instance.ref import InstanceRef
 
 from fractal_pipeline.fractals import random_specs, render_png, spec_of_png
 
-from ..conftest import group_processes, spawned
+from ..conftest import group_processes, render_workers, spawned
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
@@ -49,9 +49,9 @@ def test_interrupted_run_stops_workers_and_leaves_only_complete_pngs(tmp_path: P
             assert process.poll() is None, process.stderr.read().decode()[-2000:] if process.stderr else ""
             time.sleep(0.1)
         # The step runs in a spawned process of Dagster's multiprocess executor; the render
-        # workers are spawned processes whose parent is that step process.
-        spawned_processes = spawned(group_processes(process.pid))
-        workers = [p for p in spawned_processes if p.ppid() in {q.pid for q in spawned_processes}]
+        # workers are its children.
+        steps = {p.pid for p in spawned(group_processes(process.pid))}
+        workers = [p for p in render_workers(group_processes(process.pid)) if p.ppid() in steps]
         assert workers, "no render workers were running"
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         interrupted = time.monotonic()

@@ -22,11 +22,11 @@ import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 from PIL import Image
 
-from fractal_pipeline.automation import RENDER_JOB_NAME
+from fractal_pipeline.defs.jobs import RENDER_JOB_NAME
 from fractal_pipeline.fractals import random_specs, render_png, spec_of_png
 
 from ..cli.test_observability_cli import _env, _invoke
-from ..conftest import group_processes, spawned
+from ..conftest import group_processes, render_workers, spawned
 from .test_cancel import BIN, REPO
 
 # Launch at once, as the daemon dequeues a run under `dagster dev` (nothing else in this test dequeues).
@@ -63,11 +63,9 @@ def test_cancel_stops_a_run_on_a_code_server(tmp_path: Path) -> None:
             time.sleep(0.1)
         assert launch.wait(60) == 0
         # The code server (left behind by `dagster job launch`) runs the run worker, a spawned
-        # process; the render workers are spawned processes whose parent is the run worker.
-        children = spawned(group_processes(launch.pid))
-        spawned_pids = {p.pid for p in children}
-        run_workers = [p for p in children if p.ppid() not in spawned_pids]
-        workers = [p for p in children if p.ppid() in {q.pid for q in run_workers}]
+        # process; the render workers are its children.
+        run_workers = spawned(group_processes(launch.pid))
+        workers = [p for p in render_workers(group_processes(launch.pid)) if p.ppid() in {q.pid for q in run_workers}]
         assert len(run_workers) == 1 and workers, "no run worker with render workers was running"
         with dg.DagsterInstance.from_config(str(home)) as instance:
             (run,) = instance.get_runs()

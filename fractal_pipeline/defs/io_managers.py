@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 import dagster as dg
 from PIL import Image
 
-from fractal_pipeline.resources import FractalStoreResource
+from fractal_pipeline.defs.resources import FractalStoreResource
 from fractal_pipeline.store import FractalStore, collage_key, image_key
 
 

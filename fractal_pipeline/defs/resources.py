@@ -8,15 +8,9 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from fractal_pipeline.rendering import (
-    MAX_WORKERS_PER_CPU,
-    RenderFailure,
-    RenderResult,
-    default_workers,
-    max_workers,
-    render_many,
-)
 from fractal_pipeline.store import FractalStore, StoreConfig, open_store
+from fractal_pipeline.workers.pool import MAX_WORKERS_PER_CPU, default_workers, max_workers, render_many
+from fractal_pipeline.workers.results import RenderFailure, RenderResult
 
 
 class FractalStoreResource(dg.ConfigurableResource):
@@ -55,7 +49,7 @@ class RenderBackendResource(dg.ConfigurableResource):
     The asset only calls :meth:`render`; which backend runs the work is this
     resource's business, chosen per deployment in ``definitions.py``. Both
     backends render and store with the same ``render_spec``/``store_rendered``
-    (``rendering.render_and_store``) and yield the same
+    (``workers.results.render_and_store``) and yield the same
     ``RenderResult``/``RenderFailure`` objects.
     """
 

@@ -1,4 +1,4 @@
-"""Automation: the S3 spec-file sensor, the daily random-fractals schedule and their render runs.
+"""``fractal_spec_files``: spec files uploaded to S3 become partitions, rendered by one run per file.
 
 - ``fractal_spec_files`` (sensor): new ``.csv``/``.json`` files under
   ``s3://$FRACTALS_BUCKET/specs/`` are parsed (:mod:`fractal_pipeline.specfiles`);
@@ -15,7 +15,7 @@
 Why partition-range runs: a run of ``fractal_images`` covers the range
 ``first...last`` of the dynamic partitions (the same tags a
 ``BackfillPolicy.single_run()`` backfill uses). Each file gets one run, planned
-by :func:`fractal_pipeline.partitions.plan_batch` as ``fractal-pipeline run``
+by :func:`fractal_pipeline.defs.batch_plan.plan_batch` as ``fractal-pipeline run``
 plans its own: specs already stored are not rendered again, and the run covers
 the smallest range that holds the rest, skipping (config ``only``) partitions
 in it that are stored or not the file's. The sensor registers a file's new keys
@@ -47,214 +47,30 @@ messages were deleted, files uploaded before the queue existed) exactly once.
 """
 
 import json
-import os
-import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import dagster as dg
-from dagster._utils.schedules import is_valid_cron_string
 
-from fractal_pipeline.assets import PARTITIONS_NAME, fractal_collage, fractal_images, fractal_specs, spec_partitions
-from fractal_pipeline.partitions import plan_batch
-from fractal_pipeline.resources import FractalStoreResource
+from fractal_pipeline.defs import tags
+from fractal_pipeline.defs.jobs import RENDER_JOB_NAME, render_job
+from fractal_pipeline.defs.partitions import spec_partitions
+from fractal_pipeline.defs.resources import FractalStoreResource
+from fractal_pipeline.defs.sensors.cursor import SENSOR_NAME, SpecFilesCursor, etag, settle_horizon, utc
+from fractal_pipeline.defs.sensors.plan import PartitionPlan
+from fractal_pipeline.defs.settings import DEFAULT_INTERVAL_S, DEFAULT_PREFIX, DEFAULT_RECONCILE_S
 from fractal_pipeline.specfiles.parse import SpecFile, file_format, oversize_error, parse_spec_file
-from fractal_pipeline.specfiles.queue import QUEUE_ENV, QueueMessage, SpecQueue, validate_queue
-from fractal_pipeline.store import FractalStore, S3Store, StoreError, aws_error_code, sqs_client
+from fractal_pipeline.specfiles.queue import QUEUE_ENV, QueueMessage, SpecQueue
+from fractal_pipeline.store import S3Store, StoreError, aws_error_code, sqs_client
 
-SENSOR_NAME = "fractal_spec_files"
-SCHEDULE_NAME = "random_fractals_schedule"
-RENDER_AFTER_SCHEDULE_NAME = "render_random_fractals"
-COLLAGE_SENSOR_NAME = "fractal_collage_freshness"
-RENDER_JOB_NAME = "render_fractal_images"
-RANDOM_JOB_NAME = "random_fractals"
-
-DEFAULT_PREFIX = "specs/"
 REJECTED_DIR = "_rejected/"
-DEFAULT_INTERVAL_S = 30
-DEFAULT_CRON = "0 6 * * *"
-#: Files whose LastModified is this close to the newest one handled are remembered
-#: by key and ETag: S3 stamps an object when its upload *starts*, so a slow upload
-#: can appear after a newer, faster one.
-SETTLE_SECONDS = 120
 #: Bounds on one tick (Dagster times a sensor out after 60 s); the rest waits for the next tick.
 MAX_FILES_PER_TICK = 100
 TICK_BUDGET_S = 20.0
-#: Queue mode: how often the prefix is still listed, to catch notifications that never came.
-DEFAULT_RECONCILE_S = 900
-
-# Runs are attributed by Dagster's own dagster/sensor_name and dagster/schedule_name tags
-# ("sensor fractal_spec_files" in `fractal-pipeline runs`); these say which file or run.
-TAG_SPEC_FILE = "fractal_pipeline/spec_file"
-TAG_REJECTED = "fractal_pipeline/rejected_rows"
-TAG_SPECS_RUN = "fractal_pipeline/specs_run"
-
-#: ``fractal_images`` over a range of partitions; what the sensors launch.
-render_job = dg.define_asset_job(
-    RENDER_JOB_NAME,
-    selection=[fractal_images],
-    # One step whose work is already parallel (a process pool inside it): running the step in the
-    # run's own process saves a second Python start (~3 s) per run.
-    executor_def=dg.in_process_executor,
-    description="Render a range of fractal_specs partitions in one run (launched by the sensors).",
-)
-
-#: ``fractal_specs`` alone; what the schedule launches.
-random_fractals_job = dg.define_asset_job(
-    RANDOM_JOB_NAME,
-    selection=[fractal_specs],
-    executor_def=dg.in_process_executor,
-    description="Generate a batch of random specs and register their partitions (the daily schedule).",
-)
-
-
-# --------------------------------------------------------------------------- cursor
-
-
-def _utc(value: datetime) -> datetime:
-    return value.astimezone(timezone.utc)
-
-
-def _etag(obj: Mapping[str, Any]) -> str:
-    return str(obj.get("ETag", "")).strip('"')
-
-
-@dataclass
-class SpecFilesCursor:
-    """Where the sensor is: a LastModified watermark and the files handled at or after it.
-
-    Serialised as JSON ``{"last_modified": <ISO watermark>, "seen": {key: [etag, epoch]}}``,
-    plus ``"reconciled_at": <epoch>`` in queue mode (when the listing last ran to
-    the end; absent in listing mode and in cursors written before queue mode).
-    A listed object is new when its LastModified is at or after the watermark
-    and its key is not in ``seen`` with the same ETag.
-    """
-
-    last_modified: datetime | None = None
-    seen: dict[str, tuple[str, float]] = field(default_factory=dict)
-    reconciled_at: float | None = None
-
-    @classmethod
-    def parse(cls, raw: str | None) -> "SpecFilesCursor":
-        if not raw:
-            return cls()
-        try:
-            data = json.loads(raw)
-            watermark = datetime.fromisoformat(data["last_modified"]) if data.get("last_modified") else None
-            seen = {str(k): (str(v[0]), float(v[1])) for k, v in data.get("seen", {}).items()}
-            reconciled_at = float(data["reconciled_at"]) if data.get("reconciled_at") is not None else None
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
-            raise ValueError(
-                f"cursor: {raw[:80]!r} is not a {SENSOR_NAME} cursor ({exc}); "
-                "reset it in the UI (sensor page, 'Set cursor value') to start over"
-            ) from None
-        return cls(watermark, seen, reconciled_at)
-
-    def dump(self) -> str:
-        data: dict[str, Any] = {
-            "last_modified": self.last_modified.isoformat() if self.last_modified else None,
-            "seen": {k: [etag, lm] for k, (etag, lm) in sorted(self.seen.items())},
-        }
-        if self.reconciled_at is not None:
-            data["reconciled_at"] = self.reconciled_at
-        return json.dumps(data, separators=(",", ":"))
-
-    def since(self) -> datetime | None:
-        """What to pass to ``get_objects(since_last_modified=...)`` (it is exclusive)."""
-        return self.last_modified - timedelta(seconds=1) if self.last_modified else None
-
-    def is_new(self, obj: Mapping[str, Any]) -> bool:
-        if self.last_modified is not None and _utc(obj["LastModified"]) < self.last_modified:
-            return False
-        remembered = self.seen.get(obj["Key"])
-        return remembered is None or remembered[0] != _etag(obj)
-
-    def advanced(self, handled: Sequence[Mapping[str, Any]], horizon: datetime | None = None) -> "SpecFilesCursor":
-        """The cursor after ``handled`` (listed objects) were fully handled.
-
-        The watermark moves to the newest handled LastModified minus
-        :data:`SETTLE_SECONDS`, or to ``horizon`` if later: a time before which
-        no unhandled object can be (the caller passes the S3 server's time at
-        the listing minus the settle window, capped by the oldest listed file
-        it left for the next tick). Files handled before the new watermark are
-        forgotten, so the cursor holds only the last few minutes of uploads.
-        """
-        marks = [self.last_modified] if self.last_modified is not None else []
-        if handled:
-            marks.append(max(_utc(obj["LastModified"]) for obj in handled) - timedelta(seconds=SETTLE_SECONDS))
-        if horizon is not None:
-            marks.append(_utc(horizon))
-        if not marks:
-            return self
-        watermark = max(marks)
-        seen = dict(self.seen)
-        for obj in handled:
-            seen[obj["Key"]] = (_etag(obj), _utc(obj["LastModified"]).timestamp())
-        floor = watermark.timestamp()
-        return SpecFilesCursor(watermark, {k: v for k, v in seen.items() if v[1] >= floor}, self.reconciled_at)
-
-    def remembered(self, handled: Sequence[Mapping[str, Any]]) -> "SpecFilesCursor":
-        """The cursor after ``handled`` (objects announced by the queue) were fully handled.
-
-        The watermark does not move: only a listing that ran to the end may
-        move it past files whose notification never came. Each file stays in
-        ``seen`` until a later listing's watermark passes its event time, so a
-        repeated notification, or that listing, does not handle it again.
-        """
-        if not handled:
-            return self
-        seen = dict(self.seen)
-        for obj in handled:
-            seen[obj["Key"]] = (_etag(obj), _utc(obj["LastModified"]).timestamp())
-        return replace(self, seen=seen)
-
-
-# --------------------------------------------------------------------------- run requests
-
-
-@dataclass
-class PartitionPlan:
-    """One tick's view of the partitions: their order (with this tick's additions) and what is stored."""
-
-    order: list[str]
-    existing: set[str]
-    stored: set[str]
-    added: list[str] = field(default_factory=list)
-    requested: set[str] = field(default_factory=set)
-
-    @classmethod
-    def load(cls, instance: dg.DagsterInstance, store: FractalStore) -> "PartitionPlan":
-        order = list(instance.get_dynamic_partitions(PARTITIONS_NAME))
-        return cls(order, set(order), store.stored_images(order))
-
-    def register(self, keys: Iterable[str]) -> list[str]:
-        """Append keys not registered yet (as the daemon will) and return them."""
-        new = [key for key in keys if key not in self.existing]
-        self.existing.update(new)
-        self.order.extend(new)
-        self.added.extend(new)
-        return new
-
-    def render_request(self, keys: Sequence[str], run_key: str, tags: Mapping[str, str]) -> dg.RunRequest | None:
-        """The one run that renders those of ``keys`` neither stored nor requested this tick yet
-        (:func:`~fractal_pipeline.partitions.plan_batch`); None if there are none."""
-        plan = plan_batch(keys, self.order, self.stored | self.requested)
-        if plan.run is None:
-            return None
-        self.requested.update(plan.to_render)
-        return dg.RunRequest(
-            run_key=run_key,
-            job_name=RENDER_JOB_NAME,
-            run_config=plan.run.run_config(),
-            tags={**tags, **plan.run.tags},
-        )
-
-
-# --------------------------------------------------------------------------- the S3 sensor
 
 
 def _server_time(s3: S3Store) -> datetime | None:
@@ -319,7 +135,7 @@ def _report(
         client.delete_object(Bucket=bucket, Key=report_key)
         context.log.info(f"s3://{bucket}/{key}: {len(parsed.specs)} specs")
         return
-    body = {**parsed.report(), "etag": _etag(obj), "last_modified": _utc(obj["LastModified"]).isoformat()}
+    body = {**parsed.report(), "etag": etag(obj), "last_modified": utc(obj["LastModified"]).isoformat()}
     client.put_object(
         Bucket=bucket,
         Key=report_key,
@@ -374,7 +190,7 @@ class _Tick:
 
     def is_new(self, obj: Mapping[str, Any]) -> bool:
         """Neither handled by an earlier tick (the cursor) nor by this one."""
-        return self.cursor.is_new(obj) and (obj["Key"], _etag(obj)) not in self._done
+        return self.cursor.is_new(obj) and (obj["Key"], etag(obj)) not in self._done
 
     def handle(self, obj: Mapping[str, Any]) -> None:
         """Read, parse and report one file, and request the renders of its new specs.
@@ -383,7 +199,7 @@ class _Tick:
         """
         self._handle(obj)
         self.handled.append(obj)
-        self._done.add((obj["Key"], _etag(obj)))
+        self._done.add((obj["Key"], etag(obj)))
 
     def _handle(self, obj: Mapping[str, Any]) -> None:
         key = obj["Key"]
@@ -404,8 +220,8 @@ class _Tick:
         if parsed.specs:
             self.plan = self.plan or PartitionPlan.load(self.context.instance, self.store)
             self.plan.register(parsed.keys)
-            tags = {TAG_SPEC_FILE: key[:200], TAG_REJECTED: str(len(parsed.rejected))}
-            request = self.plan.render_request(parsed.keys, f"{key}@{_etag(obj)}", tags)
+            file_tags = {tags.SPEC_FILE: key[:200], tags.REJECTED_ROWS: str(len(parsed.rejected))}
+            request = self.plan.render_request(parsed.keys, f"{key}@{etag(obj)}", file_tags)
             if request is not None:
                 self.run_requests.append(request)
 
@@ -431,10 +247,10 @@ class _Tick:
                 break
             self.handle(obj)
             handled.append(obj)
-        horizon = server_now - timedelta(seconds=SETTLE_SECONDS) if server_now else None
+        horizon = settle_horizon(server_now) if server_now else None
         left = pending[len(handled) :]  # listed but left for the next tick
         if horizon is not None and left:
-            horizon = min(horizon, min(_utc(obj["LastModified"]) for obj in left))
+            horizon = min(horizon, min(utc(obj["LastModified"]) for obj in left))
         return self.cursor.advanced(handled, horizon), not left
 
     def drain_queue(self, queue: SpecQueue) -> list[Mapping[str, Any]]:
@@ -566,145 +382,3 @@ def spec_files_sensor(
         return evaluate_spec_files(context, store, prefix, queue=queue, reconcile_s=reconcile_s)
 
     return fractal_spec_files
-
-
-# --------------------------------------------------------------------------- schedule + its render runs
-
-
-def random_fractals_schedule(cron: str = DEFAULT_CRON) -> dg.ScheduleDefinition:
-    """Daily ``fractal_specs`` with a fresh seed (derived from the tick time, so a retried tick repeats it)."""
-
-    @dg.schedule(
-        name=SCHEDULE_NAME,
-        cron_schedule=cron,
-        job=random_fractals_job,
-        default_status=dg.DefaultScheduleStatus.STOPPED,
-        description=(
-            "Generate random fractal specs with a fresh seed; "
-            f"{RENDER_AFTER_SCHEDULE_NAME} then renders the new partitions in one run."
-        ),
-    )
-    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-        when = context.scheduled_execution_time
-        seed = int(when.timestamp()) & 0xFFFFFFFF if when else secrets.randbits(32)
-        return dg.RunRequest(
-            run_config={"ops": {"fractal_specs": {"config": {"seed": seed}}}},
-            tags={"fractal_pipeline/seed": str(seed)},
-        )
-
-    return _schedule
-
-
-def _keys_of_specs_run(instance: dg.DagsterInstance, run_id: str) -> list[str]:
-    records = instance.get_records_for_run(
-        run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, limit=1000
-    ).records
-    for record in records:
-        materialization = record.asset_materialization
-        if materialization is not None and materialization.asset_key == fractal_specs.key:
-            value = materialization.metadata.get("keys")
-            if value is not None and isinstance(value.value, list):
-                return [str(key) for key in value.value]
-    return []
-
-
-def render_after_schedule_sensor(minimum_interval_seconds: int = DEFAULT_INTERVAL_S) -> dg.SensorDefinition:
-    """After a successful ``random_fractals`` run, render its specs' partitions in one batched run."""
-
-    @dg.run_status_sensor(
-        name=RENDER_AFTER_SCHEDULE_NAME,
-        run_status=dg.DagsterRunStatus.SUCCESS,
-        monitored_jobs=[random_fractals_job],
-        request_job=render_job,
-        minimum_interval_seconds=minimum_interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Renders the partitions a successful {RANDOM_JOB_NAME} run registered (one batched run).",
-    )
-    def _render(context: dg.RunStatusSensorContext, store: FractalStoreResource) -> dg.RunRequest | dg.SkipReason:
-        run_id = context.dagster_run.run_id
-        keys = _keys_of_specs_run(context.instance, run_id)
-        plan = PartitionPlan.load(context.instance, store.get_store())
-        request = plan.render_request(keys, f"{RANDOM_JOB_NAME}:{run_id}", {TAG_SPECS_RUN: run_id})
-        if request is None:
-            return dg.SkipReason(f"run {run_id[:8]}: all {len(keys)} specs are already stored")
-        context.log.info(f"run {run_id[:8]}: rendering {len(plan.requested)} of its {len(keys)} specs in one run")
-        return request
-
-    return _render
-
-
-# --------------------------------------------------------------------------- wiring
-
-
-def collage_freshness_sensor(minimum_interval_seconds: int = DEFAULT_INTERVAL_S) -> dg.SensorDefinition:
-    """Evaluates ``fractal_collage``'s automation condition (rebuild once after images land)."""
-    return dg.AutomationConditionSensorDefinition(
-        COLLAGE_SENSOR_NAME,
-        target=[fractal_collage],
-        minimum_interval_seconds=minimum_interval_seconds,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Rebuilds fractal_collage once after new fractal_images partitions land (none in progress).",
-    )
-
-
-def _env_int(name: str, default: int, low: int) -> int:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name}: {raw!r} is not a whole number of seconds") from None
-    if value < low:
-        raise ValueError(f"{name}: {value} is too small; use at least {low}")
-    return value
-
-
-def specs_queue_from_env() -> str | None:
-    """``FRACTALS_SPECS_QUEUE``: the SQS queue (URL, ARN or name) of the bucket's notifications, or None."""
-    value = (os.environ.get(QUEUE_ENV) or "").strip()
-    return validate_queue(value) if value else None
-
-
-def specs_prefix_from_env() -> str:
-    """``FRACTALS_SPECS_PREFIX`` (default ``specs/``), always ending in ``/``."""
-    prefix = os.environ.get("FRACTALS_SPECS_PREFIX", DEFAULT_PREFIX).strip().lstrip("/")
-    if not prefix:
-        raise ValueError("FRACTALS_SPECS_PREFIX: is empty; use a folder such as 'specs/' (not the whole bucket)")
-    return prefix if prefix.endswith("/") else prefix + "/"
-
-
-@dataclass(frozen=True)
-class Automation:
-    """The jobs, sensors and schedules ``build_definitions`` adds."""
-
-    jobs: list[Any]
-    sensors: list[dg.SensorDefinition]
-    schedules: list[dg.ScheduleDefinition]
-
-
-def automation_for(bucket_configured: bool) -> Automation:
-    """Sensors and schedules, configured from the environment.
-
-    ``fractal_spec_files`` runs by default when a bucket is configured (uploads
-    are picked up without a click in ``dagster dev``), else it ships stopped;
-    the schedule always ships stopped.
-    """
-    interval = _env_int("FRACTALS_SENSOR_INTERVAL", DEFAULT_INTERVAL_S, 1)
-    cron = (os.environ.get("FRACTALS_SCHEDULE_CRON") or DEFAULT_CRON).strip()
-    if not is_valid_cron_string(cron):
-        raise ValueError(
-            f"FRACTALS_SCHEDULE_CRON: {cron!r} is not a cron expression; e.g. {DEFAULT_CRON!r} (06:00 daily)"
-        )
-    status = dg.DefaultSensorStatus.RUNNING if bucket_configured else dg.DefaultSensorStatus.STOPPED
-    queue = specs_queue_from_env()
-    reconcile_s = _env_int("FRACTALS_SPECS_RECONCILE_S", DEFAULT_RECONCILE_S, 1)
-    return Automation(
-        jobs=[render_job, random_fractals_job],
-        sensors=[
-            spec_files_sensor(specs_prefix_from_env(), interval, status, queue, reconcile_s),
-            render_after_schedule_sensor(interval),
-            collage_freshness_sensor(interval),
-        ],
-        schedules=[random_fractals_schedule(cron)],
-    )

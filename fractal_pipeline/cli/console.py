@@ -1,4 +1,4 @@
-"""Terminal output shared by the CLI's commands (``cli.py`` and ``aws/commands.py``).
+"""Terminal output shared by the CLI's commands: the consoles, one-line notes and errors, exit codes.
 
 Exit codes, the same for every command (``fractal-pipeline --help`` and the README list them):
 """
@@ -6,6 +6,19 @@ Exit codes, the same for every command (``fractal-pipeline --help`` and the READ
 import typer
 from rich.console import Console
 from rich.text import Text
+
+#: Where commands print; made afresh for each invocation (:func:`reset`), so the terminal's width
+#: (``COLUMNS``) is read when a command runs.
+console = Console()
+err = Console(stderr=True)
+
+
+def reset() -> None:
+    """Fresh consoles for a new invocation."""
+    global console, err
+    console = Console()
+    err = Console(stderr=True)
+
 
 #: Every PNG asked for is stored (and the command did what it was asked).
 EXIT_OK = 0

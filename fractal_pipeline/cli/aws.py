@@ -1,4 +1,4 @@
-"""``fractal-pipeline deploy`` / ``destroy``, and what ``run --backend lambda`` needs from the stack.
+"""``fractal-pipeline deploy`` / ``destroy``: the CloudFormation stack of the AWS deployment.
 
 ``register(app)`` adds the two commands to the CLI's typer app; the work is
 done by :mod:`fractal_pipeline.aws.deploy`.
@@ -6,13 +6,12 @@ done by :mod:`fractal_pipeline.aws.deploy`.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from fractal_pipeline.aws.backend import OUTPUT_ENV, aws_error_line, stack_name
 from fractal_pipeline.aws.deploy import (
     DEFAULT_STACK,
     TEMPLATE_PATH,
@@ -20,21 +19,11 @@ from fractal_pipeline.aws.deploy import (
     client,
     default_network,
     deploy,
-    describe_stack,
     destroy,
-    stack_outputs,
 )
 from fractal_pipeline.aws.session import AwsSettingsError, require_credentials, resolve_region
-from fractal_pipeline.console import EXIT_FAILED, EXIT_USAGE, fail
-from fractal_pipeline.store import aws_error_code, aws_error_message
-
-console = Console()
-err = Console(stderr=True)
-
-#: Stack states in which the render function and bucket exist and can be used.
-USABLE_STATUSES = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "UPDATE_ROLLBACK_COMPLETE", "IMPORT_COMPLETE"}
-#: Where the stack's outputs go in the environment of a run (and of the ECS tasks).
-OUTPUT_ENV = {"BucketName": "FRACTALS_BUCKET", "RenderFunctionName": "FRACTALS_LAMBDA_FUNCTION"}
+from fractal_pipeline.cli import console as term
+from fractal_pipeline.cli.console import EXIT_FAILED, EXIT_USAGE, fail
 
 StackOption = Annotated[
     str | None, typer.Option("--stack", help=f"Stack name (default: $FRACTALS_STACK or {DEFAULT_STACK})")
@@ -55,16 +44,8 @@ def aws_settings(region: str | None) -> str:
     return chosen
 
 
-def stack_name(stack: str | None = None) -> str:
-    return stack or os.environ.get("FRACTALS_STACK") or DEFAULT_STACK
-
-
-def _aws_error(exc: Exception) -> str:
-    return f"{aws_error_code(exc) or type(exc).__name__}: {aws_error_message(exc)}"
-
-
 def _echo(line: str) -> None:
-    err.print(line, highlight=False, soft_wrap=True)
+    term.err.print(line, highlight=False, soft_wrap=True)
 
 
 def _parameters(
@@ -140,13 +121,13 @@ def deploy_command(
     except DeployError as exc:
         raise fail(str(exc), EXIT_USAGE if str(exc).startswith("--") else EXIT_FAILED) from None
     except (ClientError, BotoCoreError) as exc:
-        raise fail(f"stack {name}: {_aws_error(exc)}") from None
+        raise fail(f"stack {name}: {aws_error_line(exc)}") from None
     for key, value in sorted(result.outputs.items()):
-        console.print(f"{key}: {value}", highlight=False, soft_wrap=True)
+        term.console.print(f"{key}: {value}", highlight=False, soft_wrap=True)
     if result.outputs:
         exports = " ".join(f"{env}={result.outputs[key]}" for key, env in OUTPUT_ENV.items() if key in result.outputs)
         if exports:
-            console.print(f"export {exports}", highlight=False, soft_wrap=True)
+            term.console.print(f"export {exports}", highlight=False, soft_wrap=True)
 
 
 def destroy_command(stack: StackOption = None, region: RegionOption = None) -> None:
@@ -160,54 +141,10 @@ def destroy_command(stack: StackOption = None, region: RegionOption = None) -> N
     except DeployError as exc:
         raise fail(str(exc)) from None
     except (ClientError, BotoCoreError) as exc:
-        raise fail(f"stack {name}: {_aws_error(exc)}") from None
+        raise fail(f"stack {name}: {aws_error_line(exc)}") from None
 
 
 def register(app: typer.Typer) -> None:
     """Add ``deploy`` and ``destroy`` to the CLI."""
     app.command("deploy")(deploy_command)
     app.command("destroy")(destroy_command)
-
-
-def use_backend(backend: str, stack: str | None = None, region: str | None = None) -> str | None:
-    """Point this process at a render backend for ``run --backend``; a line saying what was chosen.
-
-    ``local`` changes nothing. ``lambda`` reads the deployed stack's outputs and
-    sets ``FRACTAL_DEPLOYMENT=aws``, ``FRACTALS_LAMBDA_FUNCTION`` and
-    ``FRACTALS_BUCKET`` (the function may only write to the stack's bucket).
-    Raises ValueError, naming the option, when that is not possible.
-    """
-    if backend == "local":
-        return None
-    if backend != "lambda":
-        raise ValueError(f"--backend: unknown backend {backend!r}; use local or lambda")
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    name = stack_name(stack)
-    try:
-        region = resolve_region(region)
-        require_credentials()
-    except AwsSettingsError as exc:
-        raise ValueError(str(exc)) from None
-    cfn: Any = client("cloudformation", region)
-    where = cfn.meta.region_name
-    try:
-        description = describe_stack(cfn, name)
-    except (ClientError, BotoCoreError) as exc:
-        raise ValueError(f"--backend lambda: cannot read stack {name!r} in {where} ({_aws_error(exc)})") from None
-    if description is None:
-        raise ValueError(
-            f"--backend lambda: stack {name!r} is not deployed in {where}; "
-            "run `fractal-pipeline deploy` first, or use --backend local"
-        )
-    if description["StackStatus"] not in USABLE_STATUSES:
-        raise ValueError(f"--backend lambda: stack {name!r} is {description['StackStatus']}; deploy it again first")
-    outputs = stack_outputs(description)
-    missing = [key for key in OUTPUT_ENV if not outputs.get(key)]
-    if missing:
-        raise ValueError(f"--backend lambda: stack {name!r} has no {missing[0]} output; deploy deploy/template.yaml")
-    for key, env in OUTPUT_ENV.items():
-        os.environ[env] = outputs[key]
-    os.environ["FRACTAL_DEPLOYMENT"] = "aws"
-    os.environ["AWS_REGION"] = region  # the run's Lambda and S3 clients use the stack's region
-    return f"rendering on Lambda {outputs['RenderFunctionName']} (stack {name}), PNGs in s3://{outputs['BucketName']}"

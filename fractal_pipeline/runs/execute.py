@@ -1,127 +1,25 @@
-"""``fractal-pipeline run`` without the terminal: its options, checked before anything is recorded, and
-the execution of its Dagster runs so that Ctrl-C and SIGTERM stop them cleanly.
+"""Executing a Dagster run in this process so that Ctrl-C and SIGTERM stop it cleanly.
 
-The CLI draws progress and prints; everything it decides comes from here and
-from :func:`fractal_pipeline.partitions.plan_batch`.
+The first signal marks the run CANCELING (the step stops its workers and the run ends CANCELED); a second
+stops the workers at once and marks the run CANCELED.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import shlex
 import signal
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from fractal_pipeline.fractals import (
-    DEFAULT_PALETTE,
-    DEFAULT_SIZE,
-    KINDS,
-    PALETTES,
-    FractalSpec,
-    InvalidSpec,
-    check_random_count,
-)
-from fractal_pipeline.rendering import MAX_WORKERS_PER_CPU, max_workers, stop_processes
+from fractal_pipeline.workers.pool import running_workers, stop_processes
 
 if TYPE_CHECKING:
     import dagster as dg
 
-BACKENDS = ("local", "lambda")
 #: After a second interrupt, how long the run's thread may take to record its end before the process exits.
 STOP_AT_ONCE_WAIT_S = 2.0
-#: ``--seed`` values a run records (Dagster's metadata and config hold 64-bit integers).
-MAX_SEED = 2**63 - 1
-
-
-class UsageError(ValueError):
-    """A bad option: the message names it and the allowed values."""
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """What ``fractal-pipeline run`` was asked for."""
-
-    count: int = 12
-    seed: int | None = None
-    kinds: tuple[str, ...] | None = None
-    size: int = DEFAULT_SIZE
-    palette: str = DEFAULT_PALETTE  # or "random": a palette per spec
-    workers: int = 0
-    collage: bool = True
-    backend: str = "local"
-    region: str | None = None
-
-    @property
-    def spec_palette(self) -> str | None:
-        """The palette of every spec, or None for a random one per spec."""
-        return None if self.palette == "random" else self.palette
-
-    def checked(self) -> tuple[RunOptions, list[str]]:
-        """These options, validated (:class:`UsageError` naming the option) and with ``--workers`` capped;
-        and one note for each value that was changed."""
-        if self.backend not in BACKENDS:
-            raise UsageError(f"--backend: unknown backend {self.backend!r}; use {' or '.join(BACKENDS)}")
-        if self.palette != "random" and self.palette not in PALETTES:
-            raise UsageError(f"--palette: {self.palette!r} is not a palette; use {', '.join(PALETTES)} or random")
-        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
-            raise UsageError(f"--seed: {self.seed} is out of range: allowed 0..{MAX_SEED}")
-        try:
-            FractalSpec(self.kinds[0] if self.kinds else "dragon", 0, self.size, self.spec_palette or DEFAULT_PALETTE)
-            check_random_count(self.count, self.kinds, self.spec_palette)
-        except InvalidSpec as exc:
-            raise UsageError(f"--{exc}") from None
-        most = max_workers()
-        if self.workers < 0:
-            raise UsageError(f"--workers: {self.workers} is out of range: allowed 0 (one per CPU) to {most}")
-        notes = []
-        options = self
-        if self.workers > most:
-            notes.append(f"--workers: {self.workers} is more than {MAX_WORKERS_PER_CPU} per CPU; using {most}")
-            options = replace(self, workers=most)
-        return options, notes
-
-    def command(self, seed: int) -> str:
-        """The ``fractal-pipeline run`` command that asks for the same specs again (with ``seed``)."""
-        words = ["fractal-pipeline", "run", "--count", str(self.count), "--seed", str(seed)]
-        if self.kinds:
-            words += ["--kinds", ",".join(self.kinds)]
-        if self.size != DEFAULT_SIZE:
-            words += ["--size", str(self.size)]
-        if self.palette != DEFAULT_PALETTE:
-            words += ["--palette", self.palette]
-        if self.workers:
-            words += ["--workers", str(self.workers)]
-        if not self.collage:
-            words.append("--no-collage")
-        if self.backend != "local":
-            words += ["--backend", self.backend]
-        if self.region:
-            words += ["--region", self.region]
-        return shlex.join(words)
-
-
-def parse_kinds(value: str | None) -> tuple[str, ...] | None:
-    """``--kinds a,b``: the kinds named (each checked), or None for all."""
-    if value is None:
-        return None
-    kinds = tuple(dict.fromkeys(kind.strip() for kind in value.split(",") if kind.strip()))
-    if not kinds:
-        raise UsageError(f"--kinds: {value!r} names no kind; name at least one (see `fractal-pipeline kinds`)")
-    for kind in kinds:
-        if kind not in KINDS:
-            try:
-                FractalSpec(kind, 0)
-            except InvalidSpec as exc:
-                raise UsageError(f"--kinds: {str(exc).split(': ', 1)[1]}") from None
-    return kinds
-
-
-# --------------------------------------------------------------------------- interrupts
 
 
 class StopNow(BaseException):
@@ -235,7 +133,7 @@ def stop_at_once(instance: dg.DagsterInstance, run_id: str | None, thread: threa
 
     from fractal_pipeline.store import store_config_from_env
 
-    stop_processes(multiprocessing.active_children(), store_config_from_env())
+    stop_processes(running_workers(), store_config_from_env())
     if run_id is None:
         return
     run = instance.get_run_by_id(run_id)
@@ -246,3 +144,16 @@ def stop_at_once(instance: dg.DagsterInstance, run_id: str | None, thread: threa
     run = instance.get_run_by_id(run_id)
     if run is not None and not run.is_finished:
         instance.report_run_canceled(run, message="Stopped at once by a second interrupt")
+
+
+def run_failure_message(result: Any) -> str:
+    """One line: the user-facing message of the first failed step of an in-process run."""
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            error = event.event_specific_data.error
+            while error.cause is not None and "Failure" not in error.cls_name:
+                error = error.cause
+            message = str(error.message).strip().splitlines()[0]
+            prefix = f"{error.cls_name}: "
+            return message.split(prefix, 1)[1] if prefix in message else message
+    return "run failed"

@@ -21,7 +21,7 @@ run, so a successful run leaves their status as it was. A failed run would
 mark every partition of its range that it did not materialise as failed
 (Dagster's partition status is "planned by a failed run, not materialised
 since"): ``fractal_images`` records the stored partitions it skipped before it
-fails (:func:`fractal_pipeline.assets.fractal_images`), so they stay
+fails (:func:`fractal_pipeline.defs.assets.images.fractal_images`), so they stay
 materialised. Pure Python: no Dagster import.
 """
 
@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from fractal_pipeline.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from fractal_pipeline.defs.tags import ASSET_PARTITION_RANGE_END, ASSET_PARTITION_RANGE_START
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class ImagesRun:
     @property
     def tags(self) -> dict[str, str]:
         """The run tags that make it a run over the range (as a single-run backfill tags one)."""
-        return {ASSET_PARTITION_RANGE_START_TAG: self.first, ASSET_PARTITION_RANGE_END_TAG: self.last}
+        return {ASSET_PARTITION_RANGE_START: self.first, ASSET_PARTITION_RANGE_END: self.last}
 
     def run_config(self, workers: int = 0) -> dict[str, object]:
         """The ``fractal_images`` op config of this run."""

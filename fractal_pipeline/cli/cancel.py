@@ -1,0 +1,82 @@
+"""``cancel``: ask a run to stop, and wait until it has."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from fractal_pipeline.cli import console as term
+from fractal_pipeline.cli.common import read_instance, resolve_run
+from fractal_pipeline.cli.console import fail
+from fractal_pipeline.defs import tags
+
+
+def cancel_command(
+    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix of it (see `fractal-pipeline runs`)")],
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the run has stopped")] = True,
+    timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for the run to stop")] = 30.0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Only mark the run canceled; its processes are not stopped")
+    ] = False,
+) -> None:
+    """Stop a queued or running run as the UI's Terminate button does, and wait until it has stopped.
+
+    A queued run is taken off the queue. A running one gets a termination request through the
+    instance's run launcher (under `dagster dev` or `dagster job launch`: the code server running
+    it), which stops its render workers; the run ends CANCELED with what it stored so far.
+    """
+    import dagster as dg
+
+    instance, home = read_instance()
+    full_id = resolve_run(instance, home, run_id)
+    short = full_id[:8]
+
+    def current() -> dg.DagsterRun:
+        run = instance.get_run_by_id(full_id)
+        assert run is not None, f"run {full_id} vanished"
+        return run
+
+    run = current()
+    if run.is_finished:
+        raise fail(f"run {short} already {run.status.value}; nothing to cancel")
+    started = time.monotonic()
+    if force or run.status == dg.DagsterRunStatus.NOT_STARTED:  # never launched: nothing to stop
+        instance.report_run_canceled(run, message="Marked canceled by `fractal-pipeline cancel`.")
+    elif (
+        isinstance(instance.run_launcher, dg.DefaultRunLauncher)
+        and run.status in (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+        and tags.GRPC_INFO not in run.tags
+    ):
+        raise fail(
+            f"run {short} executes inside the process that started it (`fractal-pipeline run`, "
+            "`dagster asset materialize`), not on a code server: press Ctrl-C there, "
+            f"or `fractal-pipeline cancel {short} --force` to only mark it canceled"
+        )
+    else:
+        reason = "the run launcher could not reach it"
+        try:
+            requested = instance.run_coordinator.cancel_run(full_id)  # what the UI's Terminate calls
+        except Exception as exc:
+            requested = False
+            reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+        if not requested and not current().is_finished:
+            raise fail(
+                f"run {short}: the termination request did not reach it ({reason}); if the process "
+                f"running it is gone, `fractal-pipeline cancel {short} --force` marks it canceled"
+            )
+    run = current()
+    deadline = started + timeout
+    while wait and not run.is_finished and time.monotonic() < deadline:
+        time.sleep(0.2)
+        run = current()
+    if run.is_finished:
+        term.console.print(f"run {short} {run.status.value} after {time.monotonic() - started:.1f} s", highlight=False)
+    elif wait:
+        raise fail(
+            f"run {short} still {run.status.value} {timeout:g} s after the termination request; "
+            f"see `fractal-pipeline logs {short}` or wait longer with --timeout"
+        )
+    else:
+        term.console.print(f"run {short} {run.status.value}: termination requested", highlight=False)

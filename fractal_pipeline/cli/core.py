@@ -1,0 +1,87 @@
+"""``kinds`` and ``render``: the core's catalog and one PNG, without Dagster."""
+
+from __future__ import annotations
+
+import errno
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from fractal_pipeline.cli import console as term
+from fractal_pipeline.cli.console import EXIT_USAGE, fail
+from fractal_pipeline.cli.fmt import add_row, plain_table
+from fractal_pipeline.fractals import KINDS, PALETTES, FractalSpec, InvalidSpec, render_png
+
+
+def kinds_command() -> None:
+    """List the 26 kinds with their depth range and segments at the default depth."""
+    rows = [
+        [
+            kind.name,
+            str(kind.default_depth),
+            f"{kind.random_depths[0]}..{kind.random_depths[1]}",
+            str(kind.max_depth),
+            f"{kind.segment_count(kind.default_depth):,}",
+            str(kind.angle),
+        ]
+        for kind in KINDS.values()
+    ]
+    headers = ["kind", "default depth", "random depths", "max depth", "segments at default", "angle"]
+    optional = headers[:1:-1]  # from the right: angle first; kind and default depth always stay
+    term.console.print(fitted_table(headers, rows, optional, right=("segments at default",)))
+
+
+def fitted_table(
+    headers: Sequence[str], rows: Sequence[Sequence[str | Text]], optional: Sequence[str], right: Sequence[str] = ()
+) -> Table:
+    """A table of ``rows`` that fits the terminal: ``optional`` columns are dropped, in that order, until the
+    rest fit; what still does not fit wraps. A key, id or kind is never cut short."""
+    widths = [
+        max(len(cell.plain if isinstance(cell, Text) else cell) for cell in [header, *(row[index] for row in rows)]) + 3
+        for index, header in enumerate(headers)
+    ]
+    shown = list(range(len(headers)))
+    for name in optional:
+        if sum(widths[index] for index in shown) + 1 <= term.console.width:
+            break
+        shown.remove(headers.index(name))
+    table = plain_table(*(headers[index] for index in shown), right=right)
+    for row in rows:
+        add_row(table, *(row[index] for index in shown))
+    return table
+
+
+def render_command(
+    kind: Annotated[str, typer.Argument(help="Kind name, see `fractal-pipeline kinds`")],
+    depth: Annotated[int | None, typer.Argument(help="Rewriting iterations (default: the kind's default)")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="PNG path (default <key>.png)")] = None,
+    size: Annotated[int, typer.Option(help="Image edge in pixels")] = 1024,
+    palette: Annotated[str, typer.Option(help=", ".join(PALETTES))] = "rainbow",
+) -> None:
+    """Render one fractal to a PNG file, without Dagster."""
+    try:
+        chosen = depth if depth is not None else (KINDS[kind].default_depth if kind in KINDS else 0)
+        spec = FractalSpec(kind, chosen, size, palette)
+        started = time.perf_counter()
+        data = render_png(spec)
+    except InvalidSpec as exc:
+        raise fail(str(exc), EXIT_USAGE) from None
+    path = output or Path(f"{spec.key}.png")
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder")
+        path.write_bytes(data)
+    except OSError as exc:
+        raise fail(
+            f"--output: cannot write {path} ({exc.strerror or exc}); give a file path in an existing, writable folder",
+            EXIT_USAGE,
+        ) from None
+    elapsed = (time.perf_counter() - started) * 1000
+    term.console.print(
+        Text(f"{path}: {spec.key}, {spec.segments:,} segments, {len(data):,} bytes, {elapsed:.0f} ms"), highlight=False
+    )

@@ -1,0 +1,148 @@
+"""``runs``, ``logs`` and ``events``: what the instance recorded (:mod:`fractal_pipeline.inspect`), formatted."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from fractal_pipeline.cli import console as term
+from fractal_pipeline.cli.common import read_instance, resolve_run
+from fractal_pipeline.cli.core import fitted_table
+from fractal_pipeline.cli.fmt import (
+    add_row,
+    clock,
+    ms,
+    note_run_state,
+    offset,
+    plain_table,
+    run_heading,
+    seconds,
+    status,
+)
+
+
+def runs_command(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many of the most recent runs")] = 20,
+) -> None:
+    """Recent runs: id, status, start, duration, assets, partitions and who launched them (cli, ui, sensor...)."""
+    from fractal_pipeline.inspect.runs import list_runs
+
+    instance, home = read_instance()
+    runs = list_runs(instance, limit)
+    if not runs:
+        term.err.print(
+            Text(f"no runs in {home} yet; start one with `fractal-pipeline run` or `dagster dev`"), soft_wrap=True
+        )
+        return
+    rows: list[list[str | Text]] = []
+    for run in runs:
+        duration = seconds(run.duration())
+        partitions = run.partitions
+        if run.partition_count and "..." in partitions:
+            partitions += f" ({run.partition_count})"
+        rows.append(
+            [
+                run.short_id,
+                status(run.status),
+                clock(run.start or run.created),
+                duration if run.finished else f"{duration} (running)".strip(),
+                ", ".join(run.assets),
+                partitions,
+                run.source,
+            ]
+        )
+    headers = ["run", "status", "started", "duration", "assets", "partitions", "launched by"]
+    table = fitted_table(headers, rows, optional=("partitions", "launched by", "started", "duration"))
+    table.caption = f"{len(runs)} of {instance.get_runs_count()} runs in {home}"
+    term.console.print(table)
+
+
+def logs_command(
+    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix of it (see `fractal-pipeline runs`)")],
+) -> None:
+    """A run's structured log messages in time order, then the stdout/stderr its steps captured."""
+    from fractal_pipeline.inspect.logs import captured_outputs, run_log_lines
+    from fractal_pipeline.inspect.runs import run_info
+
+    instance, home = read_instance()
+    full_id = resolve_run(instance, home, run_id)
+    info = run_info(instance, full_id)
+    lines = run_log_lines(instance, full_id)
+    term.console.print(run_heading(info))
+    table = plain_table("t (s)", "level", "step", "event", "message", right=("t (s)",))
+    table.title = f"event log: {len(lines)} entries, seconds since the run started"
+    for line in lines:
+        add_row(table, offset(line.t), line.level, line.step or "", line.event or "", line.message)
+    term.console.print(table)
+    outputs = captured_outputs(instance, full_id)
+    if not outputs:
+        term.console.print("(no captured stdout/stderr for this run)")
+    for output in outputs:
+        where = f"{', '.join(output.step_keys) or 'run'} (pid {output.pid})"
+        state = "" if output.complete else ", still capturing"
+        for stream, text in (("stdout", output.stdout), ("stderr", output.stderr)):
+            term.console.rule(Text(f"{stream} of {where}{state}"), style="dim")
+            term.console.print(text.rstrip("\n") or "(empty)", markup=False, highlight=False, soft_wrap=True)
+    note_run_state(info, lines)
+
+
+def events_command(
+    run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix of it (see `fractal-pipeline runs`)")],
+    unified: Annotated[bool, typer.Option("--unified", help="One table ordered by time, with a worker column")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable: run, workers and events")] = False,
+) -> None:
+    """What each worker did and when: start, render KEY, encode, put fractals/KEY.png, stop.
+
+    Times are seconds since the run started, read from the event log and the per-partition metadata.
+    """
+
+    from fractal_pipeline.inspect.logs import run_log_lines
+    from fractal_pipeline.inspect.timeline import RENDER_ROLE, run_timeline
+
+    instance, home = read_instance()
+    full_id = resolve_run(instance, home, run_id)
+    timeline = run_timeline(instance, full_id)
+    info = timeline.run
+    if as_json:
+        sys.stdout.write(json.dumps(timeline.to_json(), indent=2) + "\n")
+    else:
+        term.console.print(run_heading(info))
+        if unified:
+            table = plain_table("t (s)", "worker", "event", "subject", "ms", "busy", right=("t (s)", "ms", "busy"))
+            table.caption = "busy: render workers rendering, encoding or storing at that moment"
+            for event, busy in zip(timeline.events, timeline.busy_workers, strict=True):
+                add_row(
+                    table, offset(event.t), event.worker, event.event, event.subject, ms(event.duration_ms), str(busy)
+                )
+            term.console.print(table)
+        else:
+            for lane in timeline.lanes:
+                if lane.role == RENDER_ROLE:
+                    title = (
+                        f"{lane.worker} · render worker · {lane.partitions} PNGs · "
+                        f"busy {lane.busy_s:.3f} s of {lane.end - lane.start:.3f} s"
+                    )
+                else:
+                    title = f"{lane.worker} · dagster process"
+                term.console.print(Text(title, style="bold"))
+                table = plain_table("t (s)", "event", "subject", "ms", right=("t (s)", "ms"))
+                for event in lane.events:
+                    add_row(table, offset(event.t), event.event, event.subject, ms(event.duration_ms))
+                term.console.print(table)
+        workers = timeline.render_lanes
+        if workers:
+            work_s = sum(lane.busy_s for lane in workers)
+            span = max(lane.end for lane in workers) - min(lane.start for lane in workers)
+            term.console.print(
+                f"{len(workers)} render workers, {sum(lane.partitions for lane in workers)} PNGs, "
+                f"peak {timeline.peak_parallel} working at once, {work_s:.3f} s of work in {span:.3f} s "
+                "from the first worker start to the last put",
+                highlight=False,
+            )
+        else:
+            term.console.print("no render workers in this run (only fractal_images runs render)", highlight=False)
+    note_run_state(info, run_log_lines(instance, full_id) if info.status == "FAILURE" else ())

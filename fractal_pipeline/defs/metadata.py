@@ -1,0 +1,44 @@
+"""Metadata the assets record: the specs table, and each stored partition's thumbnail, location and timings."""
+
+from typing import Any
+
+import dagster as dg
+
+from fractal_pipeline.fractals import FractalSpec
+from fractal_pipeline.workers.results import RenderResult
+
+
+def specs_table(specs: list[FractalSpec], new: set[str], limit: int = 50) -> str:
+    """Markdown table of a batch of specs (the first ``limit``), marking the ``new`` ones."""
+    lines = ["| key | kind | depth | size | palette | segments | new |", "|---|---|---|---|---|---|---|"]
+    for spec in specs[:limit]:
+        lines.append(
+            f"| `{spec.key}` | {spec.kind} | {spec.depth} | {spec.size} | {spec.palette} | "
+            f"{spec.segments:,} | {'yes' if spec.key in new else ''} |"
+        )
+    if len(specs) > limit:
+        lines.append(f"| ... {len(specs) - limit} more | | | | | | |")
+    return "\n".join(lines)
+
+
+def partition_metadata(result: RenderResult) -> dict[str, Any]:
+    """A stored partition's materialization metadata: thumbnail, location, size and timings."""
+    location = (
+        dg.MetadataValue.url(result.location)
+        if result.location.startswith("s3://")
+        else dg.MetadataValue.path(result.location)
+    )
+    metadata: dict[str, Any] = {
+        "thumbnail": dg.MetadataValue.md(result.thumbnail_markdown()),
+        "location": location,
+        "segments": result.segments,
+        "bytes": result.png_bytes,
+        "render_ms": round(result.render_ms, 2),
+        "encode_ms": round(result.encode_ms, 2),
+        "put_ms": round(result.put_ms, 2),
+        "worker": result.worker,
+        "started_at": dg.MetadataValue.timestamp(result.started_at),
+        "stored_at": dg.MetadataValue.timestamp(result.stored_at),
+        "worker_started_at": dg.MetadataValue.timestamp(result.worker_started_at),
+    }
+    return metadata

@@ -1,0 +1,247 @@
+"""Rendering many specs in worker processes: the step hands out chunks of keys, each worker renders and
+stores every spec of its chunk and reports it, and the step yields each outcome as it arrives.
+
+Workers are plain child processes (:mod:`fractal_pipeline.workers.worker`) talking over pipes
+(:mod:`fractal_pipeline.workers.wire`). A worker that dies has its unreported keys retried by a new
+one; stopping a batch terminates its workers and removes any PNG they left half-written.
+No Dagster here: the images step drives :func:`render_many`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import select
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from fractal_pipeline.store import LocalStore, StoreConfig, open_store
+from fractal_pipeline.workers import wire
+from fractal_pipeline.workers.results import RenderFailure, RenderResult
+
+Outcome = RenderResult | RenderFailure
+
+#: Thread pools a worker does not need: the core makes no BLAS calls, and numpy's OpenBLAS starting a
+#: thread per CPU costs each worker CPU time at start. A value the user set wins.
+WORKER_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+#: Keys per chunk handed to a worker: one message each way per spec, and a few chunks per worker so
+#: that the workers run out of work at about the same time.
+CHUNK_MAX = 8
+
+#: More render workers than this per CPU only compete for the CPUs (and each costs a process start).
+MAX_WORKERS_PER_CPU = 4
+
+#: How long a stopped worker may take to exit before it is killed.
+STOP_GRACE_S = 2.0
+
+#: Every worker process this process started and has not reaped: what a second Ctrl-C stops at once.
+_running: set[subprocess.Popen[bytes]] = set()
+
+
+def default_workers() -> int:
+    """Worker processes to use: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def max_workers() -> int:
+    """The most worker processes a batch may ask for: :data:`MAX_WORKERS_PER_CPU` per CPU."""
+    return MAX_WORKERS_PER_CPU * default_workers()
+
+
+def chunked(keys: list[str], workers: int) -> list[list[str]]:
+    """``keys`` in chunks of up to :data:`CHUNK_MAX`, at least ~4 chunks per worker; the last few
+    specs one per chunk, so that the workers run out of work at about the same time."""
+    size = max(1, min(CHUNK_MAX, len(keys) // (4 * max(1, workers))))
+    singles = len(keys) - min(len(keys), 2 * (size - 1) * max(1, workers))
+    chunks = [keys[start : min(start + size, singles)] for start in range(0, singles, size)]
+    return chunks + [[key] for key in keys[singles:]]
+
+
+def running_workers() -> list[subprocess.Popen[bytes]]:
+    """The worker processes this process started that have not been reaped yet."""
+    return list(_running)
+
+
+def stop_processes(processes: Iterable[subprocess.Popen[bytes]], store_config: StoreConfig) -> None:
+    """Terminate worker ``processes``, kill those still alive after :data:`STOP_GRACE_S`, and remove the
+    temp files they left half-written in a local store."""
+    processes = list(processes)
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for process in processes:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        _running.discard(process)
+    store = open_store(store_config)
+    if isinstance(store, LocalStore):
+        store.remove_partials({process.pid for process in processes})
+
+
+class Worker:
+    """One worker process, and the keys handed to it that it has not reported yet."""
+
+    def __init__(self, store_config: StoreConfig) -> None:
+        package_root = str(Path(__file__).resolve().parents[2])  # the same code as this process runs
+        path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+        env = {**WORKER_ENVIRONMENT, **os.environ, "PYTHONPATH": path}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fractal_pipeline.workers.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            bufsize=0,
+            env=env,
+        )
+        _running.add(self.process)
+        self.keys: list[str] = []
+        self._send(store_config)
+
+    @property
+    def reports(self) -> int:
+        """The descriptor its reports arrive on."""
+        assert self.process.stdout is not None
+        return self.process.stdout.fileno()
+
+    def give(self, keys: list[str]) -> None:
+        """Hand it a chunk; BrokenPipeError if it is gone."""
+        self.keys = list(keys)
+        self._send(keys)
+
+    def receive(self) -> tuple[str, Outcome]:
+        """Its next report; EOFError if it died (or exited)."""
+        key, outcome = wire.receive(self.reports)
+        self.keys.remove(key)
+        return key, outcome
+
+    def finish(self) -> None:
+        """No more work: it exits once idle. It is not waited for."""
+        if self.process.stdin is not None and not self.process.stdin.closed:
+            self.process.stdin.close()
+
+    def _send(self, message: object) -> None:
+        assert self.process.stdin is not None
+        wire.send(self.process.stdin.fileno(), message)
+
+
+def render_many(
+    keys: Iterable[str],
+    store_config: StoreConfig,
+    workers: int | None = None,
+    *,
+    max_attempts: int = 2,
+    should_stop: Callable[[], bool] | None = None,
+    heartbeat_s: float | None = None,
+) -> Iterator[Outcome | None]:
+    """Render and store every key across ``workers`` processes, yielding each outcome once its PNG is
+    stored (in completion order).
+
+    A spec whose worker dies is retried by a new worker, up to ``max_attempts`` times in all; a spec
+    that raises is reported as a :class:`RenderFailure` and does not stop the others.
+    ``should_stop`` is asked between outcomes and while waiting: when it says so, the workers are
+    stopped at once. With ``heartbeat_s``, ``None`` is yielded whenever that long passes without an
+    outcome (so the consumer can record what it buffers). Closing the generator stops the workers.
+    """
+    pending = list(dict.fromkeys(keys))
+    if not pending:
+        return
+    # A Dagster step's process holds ~300k long-lived objects: a full garbage collection walks
+    # them all with the GIL held, and meanwhile no worker gets its next chunk. Frozen, they are
+    # skipped; what the batch itself allocates is still collected.
+    gc.freeze()
+    try:
+        batch = _Batch(store_config, max(1, workers or default_workers()), max_attempts)
+        yield from batch.run(pending, should_stop, heartbeat_s)
+    finally:
+        gc.unfreeze()
+
+
+class _Batch:
+    """One :func:`render_many` call: the chunks left, the workers, and the attempts per key."""
+
+    def __init__(self, store_config: StoreConfig, workers: int, max_attempts: int) -> None:
+        self.store_config = store_config
+        self.workers = workers
+        self.max_attempts = max_attempts
+        self.chunks: deque[list[str]] = deque()
+        self.attempts: dict[str, int] = {}
+        self.busy: list[Worker] = []
+
+    def run(
+        self, keys: list[str], should_stop: Callable[[], bool] | None, heartbeat_s: float | None
+    ) -> Iterator[Outcome | None]:
+        stopping = should_stop or (lambda: False)
+        if stopping():  # never start workers for a batch asked to stop
+            return
+        self.chunks.extend(chunked(keys, self.workers))
+        try:
+            for _ in range(min(self.workers, len(self.chunks))):
+                self._hand_out(Worker(self.store_config))
+            while self.busy:
+                ready, _, _ = select.select([worker.reports for worker in self.busy], [], [], heartbeat_s or 0.5)
+                if not ready and heartbeat_s is not None:
+                    yield None
+                for worker in [worker for worker in self.busy if worker.reports in ready]:
+                    yield from self._take_report(worker)
+                if stopping():
+                    break
+        except BaseException:  # interrupted, or the consumer closed the generator: stop now
+            self._stop_all()
+            raise
+        if self.busy:  # asked to stop: the workers may be mid-render
+            self._stop_all()
+
+    def _hand_out(self, worker: Worker) -> None:
+        """Give ``worker`` the next chunk, or let it exit if there is none."""
+        if worker in self.busy:
+            self.busy.remove(worker)
+        if not self.chunks:
+            worker.finish()
+            _running.discard(worker.process)  # it exits by itself; the batch does not wait for it
+            return
+        self.busy.append(worker)
+        # A worker that died cannot take it: its pipe then reads as closed, and the chunk is retried.
+        with contextlib.suppress(BrokenPipeError):
+            worker.give(self.chunks.popleft())
+
+    def _take_report(self, worker: Worker) -> Iterator[Outcome]:
+        try:
+            _, outcome = worker.receive()
+        except EOFError:
+            yield from self._retry_after_death(worker)
+            return
+        yield outcome
+        if not worker.keys:
+            self._hand_out(worker)
+
+    def _retry_after_death(self, worker: Worker) -> Iterator[Outcome]:
+        """A worker died: its unreported keys go to a new worker, or fail once they used every attempt."""
+        self.busy.remove(worker)
+        stop_processes([worker.process], self.store_config)  # reaps it, removes what it half-wrote
+        retry = []
+        for key in worker.keys:
+            self.attempts[key] = self.attempts.get(key, 0) + 1
+            if self.attempts[key] < self.max_attempts:
+                retry.append(key)
+            else:
+                yield RenderFailure(key, "worker process died while rendering (killed or out of memory)")
+        if retry:
+            self.chunks.appendleft(retry)
+        if self.chunks:
+            self._hand_out(Worker(self.store_config))
+
+    def _stop_all(self) -> None:
+        workers, self.busy = self.busy, []
+        stop_processes([worker.process for worker in workers], self.store_config)

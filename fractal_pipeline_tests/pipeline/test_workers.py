@@ -1,0 +1,255 @@
+"""The worker runtime: chunks go to worker processes; each renders and stores its specs and reports them."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fractal_pipeline.fractals import FractalSpec, preview, random_specs, render_indexed, render_png
+from fractal_pipeline.store import StoreConfig
+from fractal_pipeline.workers import pool, wire
+from fractal_pipeline.workers.pool import CHUNK_MAX, Worker, chunked, render_many, running_workers, stop_processes
+from fractal_pipeline.workers.results import THUMBNAIL_PX, RenderFailure, RenderResult
+
+from ..conftest import s3_client
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie has exited; it only waits to be reaped
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _all_exit(pids: set[int], within_s: float = 10.0) -> bool:
+    """The processes end within ``within_s`` (a finished batch's workers exit by themselves)."""
+    deadline = time.monotonic() + within_s
+    while any(_alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _pids(outcomes: list[RenderResult | RenderFailure | None]) -> set[int]:
+    return {int(o.worker.removeprefix("pid-")) for o in outcomes if isinstance(o, RenderResult)}
+
+
+def test_chunks_are_small_and_spread_over_the_workers() -> None:
+    keys = [f"dragon_{depth}-{size}px" for depth in range(10) for size in range(64, 114)]
+    for count, workers, size in [(500, 1, CHUNK_MAX), (500, 2, CHUNK_MAX), (24, 2, 3), (7, 2, 1), (1, 4, 1)]:
+        chunks = chunked(keys[:count], workers)
+        assert [key for chunk in chunks for key in chunk] == keys[:count]
+        assert max(len(chunk) for chunk in chunks) == size
+        # the end goes one spec at a time: no worker is left with a whole chunk while the others idle
+        assert all(len(chunk) == 1 for chunk in chunks[-2 * (size - 1) * workers :])
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_each_key_is_rendered_once_by_a_worker_and_reported_once_stored(tmp_path: Path, workers: int) -> None:
+    keys = [spec.key for spec in random_specs(60, seed=8, palette=None, size=64)]
+    outcomes = []
+    for outcome in render_many(keys, StoreConfig(local_dir=str(tmp_path)), workers=workers):
+        assert isinstance(outcome, RenderResult), outcome
+        assert Path(outcome.location).is_file()  # reported once stored, never before
+        outcomes.append(outcome)
+    assert sorted(o.key for o in outcomes) == sorted(keys)
+    pids = _pids(outcomes)
+    assert os.getpid() not in pids and 1 <= len(pids) <= workers  # every spec is rendered in a worker
+    for key in keys:
+        assert (tmp_path / "fractals" / f"{key}.png").read_bytes() == render_png(FractalSpec.from_key(key))
+    assert not running_workers() and _all_exit(pids)  # done: the workers exit by themselves
+
+
+def test_a_result_carries_the_workers_thumbnail_and_timings(tmp_path: Path) -> None:
+    keys = [spec.key for spec in random_specs(6, seed=10, palette=None, size=256)]
+    called = time.time()
+    for result in render_many(keys, StoreConfig(local_dir=str(tmp_path)), workers=2):
+        assert isinstance(result, RenderResult)
+        spec = FractalSpec.from_key(result.key)
+        with Image.open(io.BytesIO(result.thumbnail_png)) as thumbnail:
+            expected = preview(render_indexed(spec), THUMBNAIL_PX)
+            assert thumbnail.size == expected.size and thumbnail.tobytes() == expected.tobytes()
+        assert called - 1 < result.worker_started_at <= result.started_at  # the worker's process start
+        assert result.started_at <= result.rendered_at <= result.encoded_at <= result.put_started_at
+        assert result.put_started_at <= result.stored_at and result.png_bytes == len(render_png(spec))
+
+
+def test_a_spec_that_cannot_be_stored_fails_alone(tmp_path: Path) -> None:
+    keys = [spec.key for spec in random_specs(12, seed=12, palette=None, size=128)]
+    (tmp_path / "fractals" / f"{keys[3]}.png").mkdir(parents=True)  # a folder where the PNG would go
+    outcomes = {o.key: o for o in render_many([*keys, "no_such_kind_3"], StoreConfig(local_dir=str(tmp_path)), 2) if o}
+    failed = outcomes.pop(keys[3])
+    assert isinstance(failed, RenderFailure) and "is a folder" in failed.error and not failed.transient
+    bad = outcomes.pop("no_such_kind_3")
+    assert isinstance(bad, RenderFailure) and "no_such_kind" in bad.error
+    assert all(isinstance(outcome, RenderResult) for outcome in outcomes.values()) and len(outcomes) == 11
+    assert not list((tmp_path / "fractals").glob(".tmp-*"))
+
+
+def test_the_keys_of_a_worker_that_dies_are_rendered_by_a_new_one(tmp_path: Path) -> None:
+    keys = [spec.key for spec in random_specs(40, seed=2, palette=None, size=512)]
+    outcomes: list[RenderResult | RenderFailure] = []
+    killed = 0
+    for outcome in render_many(keys, StoreConfig(local_dir=str(tmp_path)), workers=2):
+        assert outcome is not None
+        outcomes.append(outcome)
+        if len(outcomes) == 5:  # a known point: the first worker has reported, and holds the rest of its chunk
+            assert isinstance(outcome, RenderResult), outcome
+            killed = int(outcome.worker.removeprefix("pid-"))
+            assert killed > 1 and killed != os.getpid()
+            os.kill(killed, signal.SIGKILL)
+    assert killed and all(isinstance(o, RenderResult) for o in outcomes), outcomes
+    assert sorted(o.key for o in outcomes) == sorted(keys)  # each once: nothing lost, nothing twice
+    assert killed in _pids(outcomes) and len(_pids(outcomes)) >= 3  # a new worker took over
+    assert not list((tmp_path / "fractals").glob(".tmp-*"))
+
+
+def test_a_key_whose_workers_keep_dying_fails_after_its_attempts(tmp_path: Path) -> None:
+    keys = [spec.key for spec in random_specs(4, seed=3, palette=None, size=2048)]
+
+    def kill_every_worker() -> bool:  # asked after each report and while waiting: every worker dies holding a chunk
+        for process in running_workers():
+            process.kill()
+        return False
+
+    outcomes = [
+        o for o in render_many(keys, StoreConfig(local_dir=str(tmp_path)), 1, should_stop=kill_every_worker) if o
+    ]
+    assert sorted(o.key for o in outcomes) == sorted(keys)  # each reported once, stored or failed
+    failures = [o for o in outcomes if isinstance(o, RenderFailure)]
+    assert failures and all(
+        f.error == "worker process died while rendering (killed or out of memory)" for f in failures
+    )
+    assert not running_workers() and not list((tmp_path / "fractals").glob(".tmp-*"))
+
+
+def test_asked_to_stop_the_workers_stop_at_once_and_leave_no_partial_png(tmp_path: Path) -> None:
+    keys = [spec.key for spec in random_specs(200, seed=4, palette=None, size=1024)]
+    seen: list[RenderResult | RenderFailure] = []
+    pids: set[int] = set()
+
+    def stop() -> bool:
+        pids.update(process.pid for process in running_workers())
+        return len(seen) >= 3
+
+    for outcome in render_many(keys, StoreConfig(local_dir=str(tmp_path)), workers=2, should_stop=stop):
+        if outcome is not None:
+            seen.append(outcome)
+    assert 3 <= len(seen) < len(keys) and pids
+    assert not running_workers() and not any(_alive(pid) for pid in pids)  # stopped and reaped, not left running
+    assert not list((tmp_path / "fractals").glob(".tmp-*"))
+    stored = {path.stem for path in (tmp_path / "fractals").glob("*.png")}
+    for key in stored:  # every PNG there is whole
+        assert (tmp_path / "fractals" / f"{key}.png").read_bytes() == render_png(FractalSpec.from_key(key))
+
+
+def test_closing_the_batch_stops_its_workers(tmp_path: Path) -> None:
+    keys = [spec.key for spec in random_specs(100, seed=5, palette=None, size=1024)]
+    outcomes = render_many(keys, StoreConfig(local_dir=str(tmp_path)), workers=2)
+    first = next(outcomes)
+    pids = {process.pid for process in running_workers()}
+    outcomes.close()  # what the step does when its run is canceled
+    assert isinstance(first, RenderResult) and len(pids) == 2
+    assert not running_workers() and not any(_alive(pid) for pid in pids)
+
+
+def test_a_batch_asked_to_stop_before_it_starts_starts_no_worker(tmp_path: Path) -> None:
+    assert list(render_many(["dragon_3-64px"], StoreConfig(local_dir=str(tmp_path)), 2, should_stop=lambda: True)) == []
+    assert not running_workers()
+
+
+def test_a_worker_exits_when_its_step_goes_away(tmp_path: Path) -> None:
+    worker = Worker(StoreConfig(local_dir=str(tmp_path)))
+    worker.give(["dragon_3-64px"])
+    key, outcome = worker.receive()
+    assert key == "dragon_3-64px" and isinstance(outcome, RenderResult)
+    worker.finish()  # the pipe closes, as when the step's process dies
+    assert worker.process.wait(timeout=10) == 0
+    stop_processes([worker.process], worker_store := StoreConfig(local_dir=str(tmp_path)))
+    assert worker_store.local_dir and not running_workers()
+
+
+@pytest.mark.parametrize("user_setting", [None, "3"])
+def test_workers_start_without_blas_threads_unless_the_user_set_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user_setting: str | None
+) -> None:
+    if user_setting is None:
+        monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", user_setting)
+    worker = Worker(StoreConfig(local_dir=str(tmp_path)))
+    try:
+        with open(f"/proc/{worker.process.pid}/environ", "rb") as environ:
+            variables = dict(item.split(b"=", 1) for item in environ.read().split(b"\0") if b"=" in item)
+        assert variables[b"OPENBLAS_NUM_THREADS"].decode() == (user_setting or "1")
+        assert os.environ.get("OPENBLAS_NUM_THREADS") == user_setting  # this process's environment is as it was
+    finally:
+        stop_processes([worker.process], StoreConfig(local_dir=str(tmp_path)))
+
+
+def test_a_worker_imports_neither_dagster_nor_the_command_that_started_it() -> None:
+    code = (
+        "import sys, runpy; sys.stdin.close(); runpy.run_module('fractal_pipeline.workers.worker', run_name='x'); "
+        "bad = [m for m in ('dagster', 'typer', 'fractal_pipeline.cli', 'fractal_pipeline.defs') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_stray_print_in_a_worker_does_not_reach_the_step(tmp_path: Path) -> None:
+    code = (
+        "import sys; from fractal_pipeline.workers import worker; "
+        "real = worker.render_spec; "
+        "worker.render_spec = lambda key: (print('stray output', flush=True), real(key))[1]; "
+        "worker.main()"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdin is not None and process.stdout is not None
+    wire.send(process.stdin.fileno(), StoreConfig(local_dir=str(tmp_path)))
+    wire.send(process.stdin.fileno(), ["dragon_3-64px", "levy_c_3-64px"])
+    reports = [wire.receive(process.stdout.fileno()) for _ in range(2)]
+    process.stdin.close()
+    assert process.wait(timeout=30) == 0 and process.stderr is not None
+    stderr = process.stderr.read()
+    assert [key for key, _ in reports] == ["dragon_3-64px", "levy_c_3-64px"]
+    assert all(isinstance(outcome, RenderResult) for _, outcome in reports)
+    assert stderr.decode().count("stray output") == 2
+
+
+@pytest.mark.s3
+def test_a_worker_uploads_one_png_while_it_renders_the_next(s3_env: dict[str, str]) -> None:
+    keys = [spec.key for spec in random_specs(40, seed=9, palette=None, size=512)]
+    config = StoreConfig(bucket=s3_env["FRACTALS_BUCKET"], endpoint_url=s3_env["AWS_ENDPOINT_URL"])
+    outcomes = list(render_many(keys, config, workers=1))
+    assert all(isinstance(o, RenderResult) for o in outcomes) and sorted(o.key for o in outcomes) == sorted(keys)
+    results = sorted((o for o in outcomes if isinstance(o, RenderResult)), key=lambda r: r.started_at)
+    overlaps = sum(after.started_at < before.stored_at for before, after in itertools.pairwise(results))
+    assert overlaps > 0, "no render started before the previous PNG was uploaded"
+    client = s3_client(s3_env["AWS_ENDPOINT_URL"])
+    for key in keys:
+        stored = client.get_object(Bucket=s3_env["FRACTALS_BUCKET"], Key=f"fractals/{key}.png")["Body"].read()
+        assert stored == render_png(FractalSpec.from_key(key))
+
+
+def test_the_module_keeps_no_mode_flags() -> None:
+    # The runtime's only module state is the set of live worker processes (what a second Ctrl-C stops).
+    state = {
+        name
+        for name, value in vars(pool).items()
+        if isinstance(value, set | dict | list) and name.startswith("_") and not name.startswith("__")
+    }
+    assert state == {"_running"}
