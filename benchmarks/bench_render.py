@@ -45,7 +45,8 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from fractal_pipeline.fractals import KINDS, FractalSpec, encode_png, render_indexed, render_png  # noqa: E402
 from fractal_pipeline.fractals.palette import PALETTES  # noqa: E402
-from fractal_pipeline.fractals.render import BANDS, MARGIN, PNG_ENCODER, line_width  # noqa: E402
+from fractal_pipeline.fractals.png import PNG_ENCODER  # noqa: E402
+from fractal_pipeline.fractals.render import BANDS, MARGIN, line_width  # noqa: E402
 
 GOAL_MEDIAN_MS = 4.5
 GOAL_SPEEDUP = 250.0

@@ -41,4 +41,6 @@ def partition_metadata(result: RenderResult) -> dict[str, Any]:
         "stored_at": dg.MetadataValue.timestamp(result.stored_at),
         "worker_started_at": dg.MetadataValue.timestamp(result.worker_started_at),
     }
+    if result.stored_by:  # the step's process stored the PNG its worker rendered
+        metadata["stored_by"] = result.stored_by
     return metadata

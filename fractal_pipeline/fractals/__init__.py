@@ -14,16 +14,8 @@ from .allocator import tune_allocator
 from .catalog import KINDS, SEGMENT_BUDGET, LSystem
 from .collage import make_collage, thumbnail, tile_size_for
 from .palette import DEFAULT_PALETTE, PALETTES
-from .render import (
-    encode_png,
-    indexed_png,
-    preview,
-    render,
-    render_indexed,
-    render_png,
-    render_with_preview,
-    spec_of_png,
-)
+from .png import encode_png, indexed_png, spec_of_png
+from .render import preview, render, render_indexed, render_png, render_with_preview
 from .spec import (
     DEFAULT_SIZE,
     MAX_SIZE,

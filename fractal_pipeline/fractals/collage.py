@@ -11,7 +11,7 @@ from typing import TypeAlias
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .render import read_png
+from .png import read_png
 
 #: What a tile can be made from: an image, PNG bytes, a path, or a loader
 #: returning one of those (called when the tile is drawn, not before).

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import struct
-import warnings
-import zlib
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Final
 
 import aggdraw
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from .catalog import KINDS, SEGMENT_BUDGET
 from .lsystem import turtle_path
 from .palette import PALETTES
+from .png import indexed_image, png_from_scanlines, scanlines_image, spec_text
 from .spec import FractalSpec, check_budget
 
 #: Colour bands along the path (one polyline call each) and antialiasing
@@ -29,66 +25,7 @@ BANDS: Final = 16
 LEVELS: Final = 16
 #: Fraction of the image left empty on each side.
 MARGIN: Final = 0.05
-#: Deflate level for PNGs (ISA-L's 1, else zlib's): the fastest level that still finds the long runs of
-#: background these line drawings are made of; benchmarks/bench_render.py reports the sizes.
-PNG_COMPRESS_LEVEL: Final = 1
-#: PNG text chunk that carries the spec, so a PNG found in a bucket says what it is.
-PNG_SPEC_CHUNK: Final = "fractal_pipeline.spec"
-PNG_KEY_CHUNK: Final = "fractal_pipeline.key"
-#: PNG text chunk naming the deflate library and version that made the bytes (the same spec gives the same
-#: bytes only with the same encoder).
-PNG_ENCODER_CHUNK: Final = "fractal_pipeline.encoder"
 BACKGROUND: Final = (0, 0, 0)
-PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
-
-
-def _load_isal() -> tuple[Any, str]:
-    """ISA-L's zlib interface and its version, or (None, "") where ``isal`` is not installed.
-
-    ISA-L deflates these scanlines several times faster than zlib, into smaller files
-    (docs/performance.md); zlib stays as a fallback so that the core runs without it.
-    """
-    try:
-        import isal
-        from isal import isal_zlib
-    except ImportError:
-        return None, ""
-    return isal_zlib, str(isal.__version__)
-
-
-# ISA-L picks its deflate code by CPU features at run time. Its level 1 (and 2) match finder can pick another
-# of two equally long matches for a few scanline buffers in a few processes, so the same pixels can give
-# different IDAT bytes from one process to the next; the pixels are always the same. The cause is not found
-# (docs/performance.md, "ISA-L and the CPU"); pyproject.toml and deploy/Dockerfile.lambda pin one isal version.
-_isal_zlib, _isal_version = _load_isal()
-#: The encoder this process writes PNGs with, as recorded in their :data:`PNG_ENCODER_CHUNK`.
-PNG_ENCODER: Final = f"isal {_isal_version}" if _isal_zlib is not None else f"zlib {zlib.ZLIB_RUNTIME_VERSION}"
-_fallback_reported = False
-
-
-def _deflate(data: npt.NDArray[np.uint8]) -> bytes:
-    """zlib-format deflate of ``data``: ISA-L when installed, else zlib (said once, as a warning)."""
-    global _fallback_reported
-    if _isal_zlib is not None:
-        return bytes(_isal_zlib.compress(data, PNG_COMPRESS_LEVEL))
-    if not _fallback_reported:
-        _fallback_reported = True
-        warnings.warn(
-            "isal is not installed: PNGs are deflated with zlib (slower, other bytes); pip install isal",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return zlib.compress(data.data, PNG_COMPRESS_LEVEL)
-
-
-def _inflate(data: bytes) -> bytes:
-    """The inverse of :func:`_deflate` (ISA-L when installed: several times faster than zlib); raises zlib.error."""
-    if _isal_zlib is not None:
-        try:
-            return bytes(_isal_zlib.decompress(data))
-        except _isal_zlib.error as exc:
-            raise zlib.error(str(exc)) from exc
-    return zlib.decompress(data)
 
 
 def fit_to_canvas(path: npt.NDArray[np.float64], size: int) -> tuple[npt.NDArray[np.float64], float]:
@@ -247,25 +184,6 @@ def _draw_scanlines(spec: FractalSpec, max_segments: int) -> tuple[npt.NDArray[n
     return scanlines.ravel(), palette
 
 
-def _indexed_image(indexes: npt.NDArray[np.uint8], palette: Sequence[int] | None) -> Image.Image:
-    """A "P" image of ``indexes`` (a height x width array) with ``palette``."""
-    height, width = indexes.shape
-    image = Image.new("P", (width, height), 0)
-    if palette is not None:
-        image.putpalette(palette)
-    image.frombytes(np.ascontiguousarray(indexes))  # one copy, into Pillow's block-reusing memory
-    return image
-
-
-def _scanlines_image(scanlines: npt.NDArray[np.uint8], width: int, height: int, palette: Sequence[int]) -> Image.Image:
-    """A "P" image of PNG ``scanlines`` (flat, each row a filter byte 0 and ``width`` indexes)."""
-    image = Image.new("P", (width, height), 0)
-    image.putpalette(palette)
-    # Pillow reads the rows ``width + 1`` bytes apart itself: one copy, none to make them contiguous first.
-    image.frombytes(scanlines.data[1:], "raw", "P", width + 1)
-    return image
-
-
 def render_indexed(spec: FractalSpec, max_segments: int = SEGMENT_BUDGET) -> Image.Image:
     """Draw ``spec`` as a palette ("P") image: what :func:`render_png` encodes.
 
@@ -274,7 +192,7 @@ def render_indexed(spec: FractalSpec, max_segments: int = SEGMENT_BUDGET) -> Ima
     (:func:`_draw_scanlines`).
     """
     scanlines, palette = _draw_scanlines(spec, max_segments)
-    return _scanlines_image(scanlines, spec.size, spec.size, palette)
+    return scanlines_image(scanlines, spec.size, spec.size, palette)
 
 
 def render_with_preview(
@@ -283,9 +201,7 @@ def render_with_preview(
     """:func:`render_indexed` and its :func:`preview`, pooled from the pixels before they go into Pillow."""
     scanlines, palette = _draw_scanlines(spec, max_segments)
     indexes = scanlines.reshape(spec.size, spec.size + 1)[:, 1:]
-    return _scanlines_image(scanlines, spec.size, spec.size, palette), _indexed_image(
-        _max_pool(indexes, max_px), palette
-    )
+    return scanlines_image(scanlines, spec.size, spec.size, palette), indexed_image(_max_pool(indexes, max_px), palette)
 
 
 def render(spec: FractalSpec, max_segments: int = SEGMENT_BUDGET) -> Image.Image:
@@ -297,121 +213,10 @@ def render(spec: FractalSpec, max_segments: int = SEGMENT_BUDGET) -> Image.Image
     return render_indexed(spec, max_segments).convert("RGB")
 
 
-def encode_png(image: Image.Image, spec: FractalSpec | None = None) -> bytes:
-    """PNG bytes of ``image``; deterministic for the same pixels, spec and :data:`PNG_ENCODER`.
-
-    An indexed ("P") image, what :func:`render_indexed` draws, is written by :func:`write_png`;
-    another mode goes through Pillow's encoder.
-    """
-    text = _spec_text(spec)
-    if image.mode == "P":
-        return write_png(np.asarray(image), image.getpalette() or [0, 0, 0], text)
-    info = PngImagePlugin.PngInfo()
-    for keyword, value in text:
-        info.add_text(keyword, value)
-    out = io.BytesIO()
-    image.save(out, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
-    return out.getvalue()
-
-
-def _spec_text(spec: FractalSpec | None) -> list[tuple[str, str]]:
-    """The text chunks of a rendered PNG: key, spec and the encoder that made it."""
-    if spec is None:
-        return []
-    return [
-        (PNG_KEY_CHUNK, spec.key),
-        (PNG_SPEC_CHUNK, json.dumps(spec.as_dict(), sort_keys=True)),
-        (PNG_ENCODER_CHUNK, PNG_ENCODER),
-    ]
-
-
-def write_png(indexes: npt.NDArray[np.uint8], palette: Sequence[int], text: Sequence[tuple[str, str]] = ()) -> bytes:
-    """An 8-bit indexed PNG of ``indexes`` (height x width) with ``palette`` and ``text`` chunks.
-
-    Written here rather than by Pillow: no filter (palette images compress best unfiltered) and one
-    deflate call over all scanlines (:func:`_deflate`). Every PNG decoder reads it (IHDR, PLTE, tEXt,
-    IDAT, IEND), and the same pixels, text and encoder give the same bytes.
-    """
-    height, width = indexes.shape
-    rows = np.empty((height, width + 1), dtype=np.uint8)
-    rows[:, 0] = 0  # filter type "none" for every scanline
-    rows[:, 1:] = indexes
-    return _png(rows.ravel(), width, height, palette, text)
-
-
-def _png(
-    scanlines: npt.NDArray[np.uint8], width: int, height: int, palette: Sequence[int], text: Sequence[tuple[str, str]]
-) -> bytes:
-    """The PNG of ``scanlines`` (flat: every row a filter byte and ``width`` palette indexes)."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
-    chunks = [PNG_SIGNATURE, _png_chunk(b"IHDR", header), _png_chunk(b"PLTE", bytes(palette[: 3 * 256]))]
-    chunks += [_png_chunk(b"tEXt", f"{keyword}\0{value}".encode("latin-1")) for keyword, value in text]
-    chunks += [_png_chunk(b"IDAT", _deflate(scanlines)), _png_chunk(b"IEND", b"")]
-    return b"".join(chunks)
-
-
-def indexed_png(image: Image.Image) -> bytes:
-    """PNG bytes of a small "P" image (a :func:`preview`), with no text chunks (:func:`write_png`)."""
-    if image.mode != "P":
-        raise ValueError(f"image mode: {image.mode!r} is not an indexed image; use encode_png")
-    return write_png(np.asarray(image), image.getpalette() or [0, 0, 0])
-
-
-def read_png(data: bytes) -> Image.Image | None:
-    """A PNG as :func:`write_png` writes them (8-bit palette, not interlaced, no filter) as a "P"
-    image, or None for any other PNG (for Pillow to open).
-
-    Inflated with ISA-L and handed to Pillow row by row, which is faster than Pillow's own decoder
-    (the collage reads every stored image). Text chunks are skipped.
-    """
-    if not data.startswith(PNG_SIGNATURE):
-        return None
-    header = palette = b""
-    pieces = []
-    position = len(PNG_SIGNATURE)
-    while True:
-        if position + 12 > len(data):
-            return None
-        (length,) = struct.unpack_from(">I", data, position)
-        kind = data[position + 4 : position + 8]
-        body = data[position + 8 : position + 8 + length]
-        if len(body) != length or data[position + 8 + length : position + 12 + length] != struct.pack(
-            ">I", zlib.crc32(body, zlib.crc32(kind))
-        ):
-            return None
-        position += 12 + length
-        if kind == b"IEND":
-            break
-        if kind == b"IHDR":
-            header = body
-        elif kind == b"PLTE":
-            palette = body
-        elif kind == b"IDAT":
-            pieces.append(body)
-        elif kind != b"tEXt":
-            return None  # transparency, gamma, ...: Pillow knows what to do with them
-    if len(header) != 13 or not palette or len(palette) % 3:
-        return None
-    width, height, depth, colour, *methods = struct.unpack(">IIBBBBB", header)
-    if (depth, colour, *methods) != (8, 3, 0, 0, 0) or not 0 < width * height <= (Image.MAX_IMAGE_PIXELS or 1 << 62):
-        return None
-    try:
-        scanlines = np.frombuffer(_inflate(b"".join(pieces)), dtype=np.uint8)
-    except zlib.error:
-        return None
-    if scanlines.size != height * (width + 1) or scanlines[:: width + 1].any():
-        return None
-    return _scanlines_image(scanlines, width, height, palette)
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
-
-
 def render_png(spec: FractalSpec, max_segments: int = SEGMENT_BUDGET) -> bytes:
     """Render ``spec`` and encode it as an indexed PNG; the same spec and encoder give the same bytes."""
     scanlines, palette = _draw_scanlines(spec, max_segments)
-    return _png(scanlines, spec.size, spec.size, palette, _spec_text(spec))
+    return png_from_scanlines(scanlines, spec.size, spec.size, palette, spec_text(spec))
 
 
 def _max_pool(pixels: npt.NDArray[np.uint8], max_px: int) -> npt.NDArray[np.uint8]:
@@ -443,12 +248,4 @@ def preview(image: Image.Image, max_px: int) -> Image.Image:
         small = image.copy()
         small.thumbnail((max_px, max_px), Image.Resampling.BOX)
         return small
-    return _indexed_image(_max_pool(np.asarray(image), max_px), image.getpalette())
-
-
-def spec_of_png(data: bytes) -> FractalSpec | None:
-    """The spec recorded in a PNG made by :func:`render_png`, or None."""
-    with Image.open(io.BytesIO(data)) as image:
-        text = getattr(image, "text", {})
-        key = text.get(PNG_KEY_CHUNK)
-    return FractalSpec.from_key(key) if isinstance(key, str) else None
+    return indexed_image(_max_pool(np.asarray(image), max_px), image.getpalette())

@@ -1,5 +1,5 @@
 """Rendering many specs in worker processes: the step hands out chunks of keys, each worker renders and
-stores every spec of its chunk and reports it, and the step yields each outcome as it arrives.
+stores the specs of its chunk and reports them, and the step yields each outcome as it arrives.
 
 Workers are plain child processes (:mod:`fractal_pipeline.workers.worker`) talking over pipes
 (:mod:`fractal_pipeline.workers.wire`). A worker that dies has its unreported keys retried by a new
@@ -20,9 +20,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from fractal_pipeline.store import LocalStore, StoreConfig, open_store
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows
+    fcntl = None  # type: ignore[assignment]
+
+from fractal_pipeline.store import FractalStore, LocalStore, StoreConfig, open_store
 from fractal_pipeline.workers import wire
-from fractal_pipeline.workers.results import RenderFailure, RenderResult
+from fractal_pipeline.workers.results import RenderedSpec, RenderFailure, RenderResult, failure, store_rendered
 
 Outcome = RenderResult | RenderFailure
 
@@ -30,12 +35,32 @@ Outcome = RenderResult | RenderFailure
 #: thread per CPU costs each worker CPU time at start. A value the user set wins.
 WORKER_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
-#: Keys per chunk handed to a worker: one message each way per spec, and a few chunks per worker so
-#: that the workers run out of work at about the same time.
+#: Keys per chunk handed to a worker: one message each way per chunk, small enough that a chunk's
+#: partitions are recorded within ~0.1 s of 1024 px renders and that the workers run out of work together.
 CHUNK_MAX = 8
 
 #: More render workers than this per CPU only compete for the CPUs (and each costs a process start).
 MAX_WORKERS_PER_CPU = 4
+
+
+def step_stores(store_config: StoreConfig, workers: int) -> bool:
+    """Whether the step's process stores the workers' PNGs: with a local folder and a CPU the workers leave
+    free, the step writes each PNG and encodes its thumbnail while the worker renders the next spec."""
+    return not store_config.bucket and workers < default_workers()
+
+
+#: Capacity asked for a worker's report pipe when it hands PNGs back: a few encoded 1024 px PNGs and
+#: thumbnails, so that the worker renders on instead of waiting for this process to read each one.
+REPORT_PIPE_BYTES = 1 << 20
+
+
+def widen_pipe(fd: int, size: int = REPORT_PIPE_BYTES) -> None:
+    """Ask Linux for a pipe that holds ``size`` bytes; elsewhere, or above the system's limit, it stays as it is."""
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+    if set_size is not None:
+        with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size
+            fcntl.fcntl(fd, set_size, size)
+
 
 #: How long a stopped worker may take to exit before it is killed.
 STOP_GRACE_S = 2.0
@@ -92,9 +117,12 @@ def stop_processes(processes: Iterable[subprocess.Popen[bytes]], store_config: S
 
 
 class Worker:
-    """One worker process, and the keys handed to it that it has not reported yet."""
+    """One worker process, and the keys handed to it that it has not reported yet.
 
-    def __init__(self, store_config: StoreConfig) -> None:
+    ``store_config`` None: it hands each rendered spec back unstored (:func:`step_stores`).
+    """
+
+    def __init__(self, store_config: StoreConfig | None) -> None:
         package_root = str(Path(__file__).resolve().parents[2])  # the same code as this process runs
         path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         env = {**WORKER_ENVIRONMENT, **os.environ, "PYTHONPATH": path}
@@ -107,6 +135,8 @@ class Worker:
         )
         _running.add(self.process)
         self.keys: list[str] = []
+        if store_config is None:
+            widen_pipe(self.reports)
         self._send(store_config)
 
     @property
@@ -120,11 +150,12 @@ class Worker:
         self.keys = list(keys)
         self._send(keys)
 
-    def receive(self) -> tuple[str, Outcome]:
-        """Its next report; EOFError if it died (or exited)."""
-        key, outcome = wire.receive(self.reports)
-        self.keys.remove(key)
-        return key, outcome
+    def receive(self) -> list[tuple[str, Outcome | RenderedSpec]]:
+        """Its report of the chunk it was given; EOFError if it died (or exited)."""
+        reports: list[tuple[str, Outcome | RenderedSpec]] = wire.receive(self.reports)
+        for key, _ in reports:
+            self.keys.remove(key)
+        return reports
 
     def finish(self) -> None:
         """No more work: it exits once idle. It is not waited for."""
@@ -175,6 +206,9 @@ class _Batch:
         self.store_config = store_config
         self.workers = workers
         self.max_attempts = max_attempts
+        # What the workers are told: where to store, or None to hand the PNGs back (then stored here).
+        self.worker_store = None if step_stores(store_config, workers) else store_config
+        self.step_store: FractalStore | None = None
         self.chunks: deque[list[str]] = deque()
         self.attempts: dict[str, int] = {}
         self.busy: list[Worker] = []
@@ -188,7 +222,7 @@ class _Batch:
         self.chunks.extend(chunked(keys, self.workers))
         try:
             for _ in range(min(self.workers, len(self.chunks))):
-                self._hand_out(Worker(self.store_config))
+                self._hand_out(Worker(self.worker_store))
             while self.busy:
                 ready, _, _ = select.select([worker.reports for worker in self.busy], [], [], heartbeat_s or 0.5)
                 if not ready and heartbeat_s is not None:
@@ -218,13 +252,23 @@ class _Batch:
 
     def _take_report(self, worker: Worker) -> Iterator[Outcome]:
         try:
-            _, outcome = worker.receive()
+            reports = worker.receive()
         except EOFError:
             yield from self._retry_after_death(worker)
             return
-        yield outcome
-        if not worker.keys:
+        if not worker.keys:  # its next chunk first: it renders while this process stores
             self._hand_out(worker)
+        for key, outcome in reports:
+            yield self._store_here(key, outcome) if isinstance(outcome, RenderedSpec) else outcome
+
+    def _store_here(self, key: str, rendered: RenderedSpec) -> Outcome:
+        """Store a PNG a worker handed back, as the worker would have."""
+        try:
+            self.step_store = self.step_store or open_store(self.store_config)
+            here = f"pid-{os.getpid()}"
+            return store_rendered(rendered, self.step_store, rendered.worker, rendered.worker_started_at, here)
+        except Exception as exc:  # as in a worker: reported, the batch goes on
+            return failure(key, exc)
 
     def _retry_after_death(self, worker: Worker) -> Iterator[Outcome]:
         """A worker died: its unreported keys go to a new worker, or fail once they used every attempt."""
@@ -240,7 +284,7 @@ class _Batch:
         if retry:
             self.chunks.appendleft(retry)
         if self.chunks:
-            self._hand_out(Worker(self.store_config))
+            self._hand_out(Worker(self.worker_store))
 
     def _stop_all(self) -> None:
         workers, self.busy = self.busy, []

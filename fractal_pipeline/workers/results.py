@@ -44,9 +44,12 @@ class RenderResult:
     #: When the worker process that rendered this started (pool workers) or began this
     #: call; the ``start`` of its timeline in ``fractal-pipeline events``.
     worker_started_at: float = 0.0
-    #: When the store call began: a PNG can wait after encoding (for a worker's store thread),
-    #: and ``put_ms`` is the store's own time. 0: at ``encoded_at``.
+    #: When the store call began: a PNG can wait after encoding (for a worker's store thread, or for
+    #: the step that stores it), and ``put_ms`` is the store's own time. 0: at ``encoded_at``.
     put_started_at: float = 0.0
+    #: The process that stored the PNG when it is not ``worker``: the step's, which stores the PNGs of
+    #: workers that leave it a CPU (``workers.pool.step_stores``). "": the worker itself.
+    stored_by: str = ""
 
     @property
     def render_ms(self) -> float:
@@ -107,7 +110,8 @@ def is_transient(exc: BaseException) -> bool:
 
 @dataclass(frozen=True)
 class RenderedSpec:
-    """A spec rendered and encoded, not yet stored: a worker stores it from a thread while it renders the next."""
+    """A spec rendered and encoded, not yet stored: a worker stores it from a thread while it renders the
+    next, or hands it to the step's process to store (:data:`fractal_pipeline.workers.pool.STEP_STORES`)."""
 
     spec: FractalSpec
     png: bytes = field(repr=False)
@@ -115,6 +119,9 @@ class RenderedSpec:
     started_at: float
     rendered_at: float
     encoded_at: float
+    #: The process that rendered it and when that started, when another stores it ("" and 0: not said).
+    worker: str = ""
+    worker_started_at: float = 0.0
 
 
 def render_spec(key: str) -> RenderedSpec:
@@ -127,8 +134,11 @@ def render_spec(key: str) -> RenderedSpec:
     return RenderedSpec(spec, data, thumbnail, started, rendered, time.time())
 
 
-def store_rendered(rendered: RenderedSpec, store: FractalStore, worker: str, worker_started_at: float) -> RenderResult:
-    """Store a rendered spec's PNG; report where it went and the timings of the process ``worker``."""
+def store_rendered(
+    rendered: RenderedSpec, store: FractalStore, worker: str, worker_started_at: float, stored_by: str = ""
+) -> RenderResult:
+    """Store a rendered spec's PNG; report where it went and the timings of the process ``worker``
+    (``stored_by``: the process storing it, when not the worker)."""
     object_key = image_key(rendered.spec.key)
     put_started = time.time()
     location = store.put(object_key, rendered.png)
@@ -146,6 +156,7 @@ def store_rendered(rendered: RenderedSpec, store: FractalStore, worker: str, wor
         thumbnail_png=indexed_png(rendered.thumbnail),
         worker_started_at=worker_started_at,
         put_started_at=put_started,
+        stored_by=stored_by,
     )
 
 

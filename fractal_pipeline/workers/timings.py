@@ -69,6 +69,7 @@ class WorkItem:
             encoded_at=result.encoded_at,
             stored_at=result.stored_at,
             put_started_at=result.put_started_at or result.encoded_at,
+            stored_by=result.stored_by,
         )
 
     @classmethod

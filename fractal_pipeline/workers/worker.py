@@ -1,7 +1,8 @@
 """A render worker process: ``python -m fractal_pipeline.workers.worker``.
 
-It reads its store, then chunks of keys, from stdin; renders and stores each spec and reports
-it at once on its own pipe (stdout is sent to stderr, so a stray print cannot corrupt a frame).
+It reads its store, then chunks of keys, from stdin; renders and stores each spec of a chunk, then
+reports the chunk on its own pipe (stdout is sent to stderr, so a stray print cannot corrupt a
+frame). Told to hand its PNGs back, it reports the rendered specs unstored, for the step to store.
 It exits when stdin closes, which is also what happens when the step's process dies.
 """
 
@@ -12,11 +13,19 @@ import signal
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 
 from fractal_pipeline.fractals import tune_allocator
 from fractal_pipeline.store import FractalStore, LocalStore, StoreConfig, open_store
 from fractal_pipeline.workers import wire
-from fractal_pipeline.workers.results import RenderFailure, RenderResult, failure, render_spec, store_rendered
+from fractal_pipeline.workers.results import (
+    RenderedSpec,
+    RenderFailure,
+    RenderResult,
+    failure,
+    render_spec,
+    store_rendered,
+)
 
 #: Threads of a worker that upload finished PNGs to a remote store (S3) while it renders the next
 #: spec: a PUT waits tens of milliseconds on the network, longer than a 1024 px render.
@@ -38,49 +47,47 @@ def process_started_at() -> float:
         return time.time()
 
 
-class _Chunk:
-    """Renders one chunk of keys and reports each spec once its PNG is stored."""
+Report = RenderResult | RenderedSpec | RenderFailure
 
-    def __init__(self, store: FractalStore, out: int, uploads: ThreadPoolExecutor | None, started_at: float):
-        self.store = store
+
+class _Chunk:
+    """Renders a chunk of keys, stores each PNG (or keeps it for the step), then reports the chunk in one message."""
+
+    def __init__(
+        self, store: FractalStore | None, out: int, uploads: ThreadPoolExecutor | None, started_at: float
+    ) -> None:
+        self.store = store  # None: the step stores the PNGs
         self.out = out
         self.uploads = uploads
         self.worker = f"pid-{os.getpid()}"
         self.started_at = started_at
 
     def run(self, keys: list[str]) -> None:
-        pending: list[tuple[str, Future[RenderResult]]] = []
+        done: list[tuple[str, Report | Future[RenderResult]]] = []
         for key in keys:
             try:
-                rendered = render_spec(key)
-                if self.uploads is None:
-                    wire.send(self.out, (key, store_rendered(rendered, self.store, self.worker, self.started_at)))
-                else:
-                    upload = self.uploads.submit(store_rendered, rendered, self.store, self.worker, self.started_at)
-                    pending.append((key, upload))
+                done.append((key, self._one(render_spec(key))))
             except Exception as exc:  # one bad spec must not stop the others
-                wire.send(self.out, (key, failure(key, exc)))
-            pending = self._report_done(pending)
-        for key, upload in pending:
-            self._report(key, upload)
+                done.append((key, failure(key, exc)))
+        wire.send(self.out, [(key, _settled(key, outcome)) for key, outcome in done])
 
-    def _report_done(self, pending: list[tuple[str, Future[RenderResult]]]) -> list[tuple[str, Future[RenderResult]]]:
-        """Report the uploads that have finished; returns the others."""
-        waiting = []
-        for key, upload in pending:
-            if upload.done():
-                self._report(key, upload)
-            else:
-                waiting.append((key, upload))
-        return waiting
+    def _one(self, rendered: RenderedSpec) -> Report | Future[RenderResult]:
+        if self.store is None:
+            return replace(rendered, worker=self.worker, worker_started_at=self.started_at)
+        if self.uploads is None:
+            return store_rendered(rendered, self.store, self.worker, self.started_at)
+        # An upload waits tens of milliseconds on the network: it runs while the next spec renders.
+        return self.uploads.submit(store_rendered, rendered, self.store, self.worker, self.started_at)
 
-    def _report(self, key: str, upload: Future[RenderResult]) -> None:
-        outcome: RenderResult | RenderFailure
-        try:
-            outcome = upload.result()
-        except Exception as exc:
-            outcome = failure(key, exc)
-        wire.send(self.out, (key, outcome))
+
+def _settled(key: str, outcome: Report | Future[RenderResult]) -> Report:
+    """The outcome, once its upload (if any) has finished."""
+    if not isinstance(outcome, Future):
+        return outcome
+    try:
+        return outcome.result()
+    except Exception as exc:
+        return failure(key, exc)
 
 
 def main() -> None:
@@ -93,11 +100,12 @@ def main() -> None:
     tune_allocator()  # a worker renders many specs: reuse freed buffers (see fractals.allocator)
     source = sys.stdin.fileno()
     try:
-        config: StoreConfig = wire.receive(source)
+        config: StoreConfig | None = wire.receive(source)  # None: hand the PNGs back to the step
     except EOFError:
         return
-    store = open_store(config)
-    uploads = None if isinstance(store, LocalStore) else ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
+    store = None if config is None else open_store(config)
+    remote = store is not None and not isinstance(store, LocalStore)
+    uploads = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store") if remote else None
     chunk = _Chunk(store, out, uploads, started_at)
     while True:
         try:

@@ -276,18 +276,19 @@ def test_deflate_does_not_depend_on_where_the_scanlines_sit(kind: str) -> None:
     # The kinds whose IDAT bytes were seen to differ between processes (docs/performance.md, "ISA-L and
     # the CPU"): the same scanlines deflate to the same bytes at any address, whatever bytes lie before
     # and after them, and every scanline byte handed to the encoder is written (filter bytes 0).
-    from fractal_pipeline.fractals.render import SEGMENT_BUDGET, _deflate, _draw_scanlines
+    from fractal_pipeline.fractals.png import deflate
+    from fractal_pipeline.fractals.render import SEGMENT_BUDGET, _draw_scanlines
 
     scanlines, _ = _draw_scanlines(FractalSpec(kind, KINDS[kind].default_depth), SEGMENT_BUDGET)
     assert not scanlines[:: 1024 + 1].any()
-    expected = _deflate(scanlines.copy())
+    expected = deflate(scanlines.copy())
     rng = np.random.default_rng(16)
     room = np.empty(scanlines.size + 3 * 4096, dtype=np.uint8)
     for offset in rng.integers(0, 2 * 4096, 32):
         room[:] = rng.integers(0, 256, room.size, dtype=np.uint8)
         placed = room[offset : offset + scanlines.size]
         placed[:] = scanlines
-        assert _deflate(placed) == expected
+        assert deflate(placed) == expected
 
 
 def test_render_png_is_a_valid_indexed_png_carrying_its_spec() -> None:
@@ -388,7 +389,7 @@ def test_cli_default_depth_and_output_name(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_a_png_records_its_encoder_and_every_decoder_reads_it(tmp_path: Path) -> None:
-    from fractal_pipeline.fractals.render import PNG_ENCODER, PNG_ENCODER_CHUNK
+    from fractal_pipeline.fractals.png import PNG_ENCODER, PNG_ENCODER_CHUNK
 
     data = render_png(FractalSpec("dragon", 10))
     assert PNG_ENCODER.startswith("isal ")  # the declared dependency is what this install encodes with
@@ -406,7 +407,7 @@ import sys, warnings
 sys.modules["isal"] = None  # as if not installed: `import isal` raises ImportError
 warnings.simplefilter("always")
 from fractal_pipeline.fractals import FractalSpec, render_png
-from fractal_pipeline.fractals.render import PNG_ENCODER
+from fractal_pipeline.fractals.png import PNG_ENCODER
 with warnings.catch_warnings(record=True) as caught:
     first = render_png(FractalSpec("dragon", 6, 64))
     assert render_png(FractalSpec("dragon", 6, 64)) == first
@@ -417,7 +418,7 @@ sys.stdout.write(first.hex())
 
 
 def test_without_isal_the_core_falls_back_to_zlib_and_says_so_once() -> None:
-    from fractal_pipeline.fractals.render import PNG_ENCODER_CHUNK
+    from fractal_pipeline.fractals.png import PNG_ENCODER_CHUNK
 
     result = subprocess.run(
         [sys.executable, "-c", _WITHOUT_ISAL], env=subprocess_env(), capture_output=True, text=True, timeout=120

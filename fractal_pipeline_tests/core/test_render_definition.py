@@ -22,6 +22,7 @@ from fractal_pipeline.fractals import KINDS, FractalSpec, render_indexed, render
 from fractal_pipeline.fractals.lsystem import turtle_path
 
 render_module = importlib.import_module("fractal_pipeline.fractals.render")
+png_module = importlib.import_module("fractal_pipeline.fractals.png")
 BANDS, LEVELS = render_module.BANDS, render_module.LEVELS
 
 
@@ -79,7 +80,7 @@ def test_render_is_its_plain_definition(spec: FractalSpec) -> None:
 @pytest.mark.parametrize("key", ["dragon_8", "koch_snowflake_3-200px-fire", "hilberts_0-64px", "moore_2-17px-mono"])
 def test_read_png_decodes_our_pngs_as_pillow_does(key: str) -> None:
     data = render_png(FractalSpec.from_key(key))
-    ours = render_module.read_png(data)
+    ours = png_module.read_png(data)
     with Image.open(io.BytesIO(data)) as pillows:
         assert ours is not None and ours.mode == pillows.mode == "P" and ours.size == pillows.size
         assert ours.tobytes() == pillows.tobytes() and ours.getpalette() == pillows.getpalette()
@@ -96,7 +97,7 @@ def test_read_png_leaves_other_pngs_to_pillow() -> None:
     ours = render_png(FractalSpec("dragon", 5, 64))
     corrupt = bytearray(ours)
     corrupt[-20] ^= 1  # inside the IDAT chunk: its CRC no longer matches
-    filtered = render_module._png(  # the same pixels with filter type 1 ("sub") on every row
+    filtered = png_module.png_from_scanlines(  # the same pixels with filter type 1 ("sub") on every row
         np.concatenate([np.ones((64, 1), dtype=np.uint8), np.asarray(indexed)], axis=1).ravel(), 64, 64, [0] * 768, []
     )
     for data in (
@@ -108,7 +109,7 @@ def test_read_png_leaves_other_pngs_to_pillow() -> None:
         ours[:-30],
         b"not a png",
     ):
-        assert render_module.read_png(data) is None
+        assert png_module.read_png(data) is None
 
 
 def test_a_thumbnail_of_a_whole_multiple_is_one_box_average() -> None:

@@ -86,6 +86,51 @@ def test_a_result_carries_the_workers_thumbnail_and_timings(tmp_path: Path) -> N
         assert result.put_started_at <= result.stored_at and result.png_bytes == len(render_png(spec))
 
 
+@pytest.mark.parametrize(("cpus", "step_stores"), [(2, True), (1, False)])
+def test_with_a_cpu_to_spare_the_step_stores_its_workers_pngs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpus: int, step_stores: bool
+) -> None:
+    monkeypatch.setattr(pool, "default_workers", lambda: cpus)  # the CPUs this process may use
+    keys = [spec.key for spec in random_specs(24, seed=11, palette=None, size=256)]
+    outcomes = list(render_many(keys, StoreConfig(local_dir=str(tmp_path)), workers=1))
+    assert all(isinstance(o, RenderResult) for o in outcomes) and sorted(o.key for o in outcomes) == sorted(keys)
+    for result in outcomes:
+        assert isinstance(result, RenderResult)
+        assert result.worker != f"pid-{os.getpid()}"  # rendered by the worker either way
+        assert result.stored_by == (f"pid-{os.getpid()}" if step_stores else "")
+        assert Path(result.location).read_bytes() == render_png(FractalSpec.from_key(result.key))
+        with Image.open(io.BytesIO(result.thumbnail_png)) as thumbnail:  # encoded where the PNG was stored
+            expected = preview(render_indexed(FractalSpec.from_key(result.key)), THUMBNAIL_PX)
+            assert thumbnail.tobytes() == expected.tobytes()
+    assert not list((tmp_path / "fractals").glob(".tmp-*"))
+
+
+def test_a_png_the_step_cannot_store_for_its_worker_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pool, "default_workers", lambda: 2)
+    keys = [spec.key for spec in random_specs(10, seed=15, palette=None, size=128)]
+    (tmp_path / "fractals" / f"{keys[2]}.png").mkdir(parents=True)  # a folder where the PNG would go
+    outcomes = {o.key: o for o in render_many(keys, StoreConfig(local_dir=str(tmp_path)), workers=1) if o}
+    failed = outcomes.pop(keys[2])
+    assert isinstance(failed, RenderFailure) and "is a folder" in failed.error
+    assert all(isinstance(o, RenderResult) and o.stored_by == f"pid-{os.getpid()}" for o in outcomes.values())
+    assert len(outcomes) == 9
+
+
+def test_a_worker_handing_pngs_back_gets_a_pipe_that_holds_a_chunk(tmp_path: Path) -> None:
+    import fcntl
+
+    worker = Worker(None)
+    try:
+        capacity = fcntl.fcntl(worker.reports, fcntl.F_GETPIPE_SZ)
+        with open("/proc/sys/fs/pipe-max-size") as limit:
+            assert capacity >= min(pool.REPORT_PIPE_BYTES, int(limit.read()))
+        assert capacity > 8 * 64 * 1024  # a chunk of 8 PNGs of a 1024 px spec, with their thumbnails
+    finally:
+        stop_processes([worker.process], StoreConfig(local_dir=str(tmp_path)))
+
+
 def test_a_spec_that_cannot_be_stored_fails_alone(tmp_path: Path) -> None:
     keys = [spec.key for spec in random_specs(12, seed=12, palette=None, size=128)]
     (tmp_path / "fractals" / f"{keys[3]}.png").mkdir(parents=True)  # a folder where the PNG would go
@@ -173,7 +218,7 @@ def test_a_batch_asked_to_stop_before_it_starts_starts_no_worker(tmp_path: Path)
 def test_a_worker_exits_when_its_step_goes_away(tmp_path: Path) -> None:
     worker = Worker(StoreConfig(local_dir=str(tmp_path)))
     worker.give(["dragon_3-64px"])
-    key, outcome = worker.receive()
+    ((key, outcome),) = worker.receive()
     assert key == "dragon_3-64px" and isinstance(outcome, RenderResult)
     worker.finish()  # the pipe closes, as when the step's process dies
     assert worker.process.wait(timeout=10) == 0
@@ -191,6 +236,8 @@ def test_workers_start_without_blas_threads_unless_the_user_set_them(
         monkeypatch.setenv("OPENBLAS_NUM_THREADS", user_setting)
     worker = Worker(StoreConfig(local_dir=str(tmp_path)))
     try:
+        worker.give(["dragon_3-64px"])
+        assert worker.receive()  # it has reported: it runs the worker's code, not the fork before exec
         with open(f"/proc/{worker.process.pid}/environ", "rb") as environ:
             variables = dict(item.split(b"=", 1) for item in environ.read().split(b"\0") if b"=" in item)
         assert variables[b"OPENBLAS_NUM_THREADS"].decode() == (user_setting or "1")
@@ -221,7 +268,7 @@ def test_a_stray_print_in_a_worker_does_not_reach_the_step(tmp_path: Path) -> No
     assert process.stdin is not None and process.stdout is not None
     wire.send(process.stdin.fileno(), StoreConfig(local_dir=str(tmp_path)))
     wire.send(process.stdin.fileno(), ["dragon_3-64px", "levy_c_3-64px"])
-    reports = [wire.receive(process.stdout.fileno()) for _ in range(2)]
+    reports = wire.receive(process.stdout.fileno())  # the chunk, in one message
     process.stdin.close()
     assert process.wait(timeout=30) == 0 and process.stderr is not None
     stderr = process.stderr.read()

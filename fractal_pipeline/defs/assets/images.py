@@ -79,7 +79,8 @@ IMAGES_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.
         "materialised as soon as its PNG is written (thumbnail, location and timings in its metadata).\n\n"
         "Partition metadata: `thumbnail` (~128 px preview, *Show Markdown*), `location` (file or `s3://` URL), "
         "`segments`, `bytes` (PNG size), `render_ms` / `encode_ms` / `put_ms` (time per phase), `worker` "
-        "(process or Lambda invocation), `worker_started_at`, `started_at` and `stored_at`. The `pngs_valid` "
+        "(process or Lambda invocation), `worker_started_at`, `started_at`, `stored_at`, and `stored_by` when the "
+        "step's process stored the PNG its worker rendered (a worker that leaves a CPU free). The `pngs_valid` "
         "check of each batch carries `workers`, a per-worker table and timeline of the step; "
         "`fractal-pipeline events RUN_ID` prints the same timelines in a terminal."
     ),
