@@ -80,9 +80,6 @@ MAX_OPEN_SHARDS = 8
 #: processes that load it, so creating a 500-partition run costs a few transactions, not 1,000.
 EVENT_BATCH_SIZE = 1000
 
-MODULE = __name__
-STORAGE_CLASS = "PooledSqliteStorage"
-
 
 @functools.cache
 def _alembic_head() -> str:
@@ -318,7 +315,7 @@ class PooledSqliteStorage(DagsterSqliteStorage):
     @property
     def event_storage_data(self) -> ConfigurableClassData | None:
         return ConfigurableClassData(
-            MODULE,
+            PooledSqliteEventLogStorage.__module__,
             PooledSqliteEventLogStorage.__name__,
             f"base_dir: {json.dumps(_event_logs_directory(self.base_dir))}\n",
         )
