@@ -27,7 +27,14 @@ except ImportError:  # pragma: no cover - not on Windows
 
 from fractal_pipeline.store import FractalStore, LocalStore, StoreConfig, open_store
 from fractal_pipeline.workers import wire
-from fractal_pipeline.workers.results import RenderedSpec, RenderFailure, RenderResult, failure, store_rendered
+from fractal_pipeline.workers.results import (
+    RenderedSpec,
+    RenderFailure,
+    RenderResult,
+    failure,
+    store_rendered,
+    this_process,
+)
 
 Outcome = RenderResult | RenderFailure
 
@@ -265,8 +272,8 @@ class _Batch:
         """Store a PNG a worker handed back, as the worker would have."""
         try:
             self.step_store = self.step_store or open_store(self.store_config)
-            here = f"pid-{os.getpid()}"
-            return store_rendered(rendered, self.step_store, rendered.worker, rendered.worker_started_at, here)
+            stored_by = this_process()
+            return store_rendered(rendered, self.step_store, rendered.worker, rendered.worker_started_at, stored_by)
         except Exception as exc:  # as in a worker: reported, the batch goes on
             return failure(key, exc)
 

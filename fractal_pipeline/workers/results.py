@@ -21,6 +21,11 @@ from fractal_pipeline.store import FractalStore, image_key
 THUMBNAIL_PX = 128
 
 
+def this_process() -> str:
+    """How results name the process that rendered or stored a PNG: ``pid-<pid>``."""
+    return f"pid-{os.getpid()}"
+
+
 def png_markdown(alt: str, png: bytes) -> str:
     """Markdown showing ``png`` inline (a data: URI): how thumbnails appear in Dagster metadata."""
     return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
@@ -170,7 +175,7 @@ def render_and_store(
     """
     rendered = render_spec(key)
     started = rendered.started_at if worker_started_at is None else worker_started_at
-    return store_rendered(rendered, store, worker or f"pid-{os.getpid()}", started)
+    return store_rendered(rendered, store, worker or this_process(), started)
 
 
 def failure(key: str, exc: BaseException) -> RenderFailure:

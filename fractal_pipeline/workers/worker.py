@@ -25,6 +25,7 @@ from fractal_pipeline.workers.results import (
     failure,
     render_spec,
     store_rendered,
+    this_process,
 )
 
 #: Threads of a worker that upload finished PNGs to a remote store (S3) while it renders the next
@@ -59,7 +60,7 @@ class _Chunk:
         self.store = store  # None: the step stores the PNGs
         self.out = out
         self.uploads = uploads
-        self.worker = f"pid-{os.getpid()}"
+        self.worker = this_process()
         self.started_at = started_at
 
     def run(self, keys: list[str]) -> None:
