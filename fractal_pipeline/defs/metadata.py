@@ -4,6 +4,7 @@ from typing import Any
 
 import dagster as dg
 
+from fractal_pipeline.cost import RENDER_VERSION
 from fractal_pipeline.fractals import FractalSpec
 from fractal_pipeline.workers.results import RenderResult
 
@@ -40,6 +41,8 @@ def partition_metadata(result: RenderResult) -> dict[str, Any]:
         "started_at": dg.MetadataValue.timestamp(result.started_at),
         "stored_at": dg.MetadataValue.timestamp(result.stored_at),
         "worker_started_at": dg.MetadataValue.timestamp(result.worker_started_at),
+        # the cost model trusts only timings made by the current core and encoder
+        "render_version": RENDER_VERSION,
     }
     if result.stored_by:  # the step's process stored the PNG its worker rendered
         metadata["stored_by"] = result.stored_by

@@ -29,8 +29,10 @@ from .spec import (
     random_specs,
     segment_count,
 )
+from .version import CORE_VERSION
 
 __all__ = [
+    "CORE_VERSION",
     "DEFAULT_PALETTE",
     "DEFAULT_SIZE",
     "KINDS",
