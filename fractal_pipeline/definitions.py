@@ -16,7 +16,7 @@ def build_definitions(deployment: str | None = None) -> dg.Definitions:
     bucket_configured = deployment != "local" and bool(os.environ.get("FRACTALS_BUCKET"))
     return dg.Definitions.merge(
         dg.Definitions(assets=assets),
-        automation_for(bucket_configured),
+        automation_for(bucket_configured, "lambda" if deployment == "aws" else "local"),
         dg.Definitions(resources=resources_for(deployment)),
     )
 

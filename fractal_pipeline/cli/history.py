@@ -101,14 +101,16 @@ def events_command(
     """
 
     from fractal_pipeline.inspect.logs import run_log_lines
+    from fractal_pipeline.inspect.prediction import prediction_vs_actual
     from fractal_pipeline.inspect.timeline import RENDER_ROLE, run_timeline
 
     instance, home = read_instance()
     full_id = resolve_run(instance, home, run_id)
     timeline = run_timeline(instance, full_id)
     info = timeline.run
+    prediction = prediction_vs_actual(instance, full_id, timeline)
     if as_json:
-        sys.stdout.write(json.dumps(timeline.to_json(), indent=2) + "\n")
+        sys.stdout.write(json.dumps({**timeline.to_json(), "prediction": prediction}, indent=2) + "\n")
     else:
         term.console.print(run_heading(info))
         if unified:
@@ -145,4 +147,5 @@ def events_command(
             )
         else:
             term.console.print("no render workers in this run (only fractal_images runs render)", highlight=False)
+        term.console.print(Text(prediction["line"]), highlight=False, soft_wrap=True)
     note_run_state(info, run_log_lines(instance, full_id) if info.status == "FAILURE" else ())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Annotated, Any
@@ -113,13 +114,21 @@ def run(
     region: Annotated[
         str | None, typer.Option(help="AWS region of --backend lambda (default: AWS_REGION, AWS_DEFAULT_REGION)")
     ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan and its predicted time and cost; run nothing")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: the plan as JSON")] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Render even if predicted over FRACTALS_MAX_BATCH_SECONDS")
+    ] = False,
 ) -> None:
     """Generate COUNT random specs, render those not stored yet in one run, update the collage, print the stored keys.
 
     Stdout lists exactly the object keys stored when the command ends. Specs
     already stored are not rendered again. Ctrl-C (or SIGTERM) stops the run:
     it ends CANCELED, keeps what is stored, and the same command renders the
-    rest; a second Ctrl-C stops at once.
+    rest; a second Ctrl-C stops at once. ``--dry-run`` prints the plan (specs, what is stored, the
+    predicted render time and its cost on Lambda and Fargate: docs/cost.md) and records nothing.
     """
     from fractal_pipeline.runs.execute import Interrupts
     from fractal_pipeline.runs.options import RunOptions, UsageError, parse_kinds
@@ -128,12 +137,22 @@ def run(
         options, notes = RunOptions(
             count, seed, parse_kinds(kinds), size, palette, workers, collage, backend, region
         ).checked()
+        if as_json and not dry_run:
+            raise UsageError("--json: only with --dry-run; add --dry-run to get the plan as JSON")
     except UsageError as exc:
         raise fail(str(exc), EXIT_USAGE) from None
     for line in notes:
         note(line)
     with Interrupts() as interrupts:
-        _Batch(options, interrupts).run()
+        batch = _Batch(options, interrupts)
+        batch.plan()
+        if dry_run:
+            from fractal_pipeline.cli.plan import print_plan
+
+            print_plan(batch.run_plan, as_json)
+            return
+        batch.check_budget(yes)
+        batch.run()
 
 
 class _Batch:
@@ -147,8 +166,30 @@ class _Batch:
         #: Keys this command saw stored: before its images run, and recorded by it (each after its PNG was written).
         self.seen_stored: set[str] = set()
 
-    def run(self) -> None:
+    def plan(self) -> None:
+        """Set up, and plan the run (:func:`fractal_pipeline.runs.plan.plan_run`): nothing is recorded yet."""
+        from fractal_pipeline.defs.settings import cost_settings_from_env
+        from fractal_pipeline.runs.plan import plan_run
+
         self._setup()
+        try:
+            settings = cost_settings_from_env(self.options.backend)
+        except ValueError as exc:
+            raise fail(str(exc), EXIT_USAGE) from None
+        self.run_plan = plan_run(self.options, self.instance, self.store, settings)
+
+    def check_budget(self, yes: bool) -> None:
+        """Above the budget: exit 2 in one line, unless ``--yes`` or a terminal's y."""
+        refused = self.run_plan.over_budget
+        if refused is None or yes:
+            return
+        if sys.stdin.isatty() and sys.stderr.isatty():
+            if typer.confirm(f"{refused}. Render anyway?", default=False, err=True):
+                return
+            raise fail("nothing rendered", EXIT_USAGE)
+        raise fail(f"{refused}, or pass --yes (`... --dry-run` shows the plan)", EXIT_USAGE)
+
+    def run(self) -> None:
         started = time.monotonic()
         keys, resume = self._specs()
         self._images(keys)
@@ -226,7 +267,7 @@ class _Batch:
         options = self.options
         config = {
             "count": options.count,
-            "seed": options.seed,
+            "seed": self.run_plan.seed,
             "kinds": list(options.kinds) if options.kinds else None,
             "size": options.size,
             "palette": options.spec_palette,
@@ -246,6 +287,7 @@ class _Batch:
     def _images(self, keys: list[str]) -> None:
         """The one images run that renders the keys not stored yet (none if all are)."""
         from fractal_pipeline.defs.batch_plan import plan_batch
+        from fractal_pipeline.defs.cost import prediction_tags
         from fractal_pipeline.defs.partitions import PARTITIONS_NAME
 
         plan = plan_batch(keys, self.instance.get_dynamic_partitions(PARTITIONS_NAME), _stored(self.store, keys))
@@ -269,7 +311,11 @@ class _Batch:
                 "fractal_images",
                 plan.run.run_config(self.options.workers),
                 _ImagesProgress(self.instance, progress, plan.run.renders, self.store),
-                {**plan.run.tags, **({run_tags.COLLAGE_BY_LAUNCHER: "true"} if self.options.collage else {})},
+                {
+                    **plan.run.tags,
+                    **prediction_tags(self.run_plan.prediction),
+                    **({run_tags.COLLAGE_BY_LAUNCHER: "true"} if self.options.collage else {}),
+                },
             )
         if images is None:  # stopped at once: the run was marked CANCELED
             return

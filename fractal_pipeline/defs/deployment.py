@@ -29,6 +29,7 @@ from fractal_pipeline.defs.sensors.after_schedule import render_after_schedule_s
 from fractal_pipeline.defs.sensors.collage import collage_freshness_sensor
 from fractal_pipeline.defs.sensors.spec_files import spec_files_sensor
 from fractal_pipeline.defs.settings import (
+    cost_settings_from_env,
     reconcile_seconds_from_env,
     schedule_cron_from_env,
     sensor_interval_from_env,
@@ -88,21 +89,23 @@ def resources_for(deployment: str) -> Mapping[str, Any]:
     }
 
 
-def automation_for(bucket_configured: bool) -> dg.Definitions:
+def automation_for(bucket_configured: bool, backend: str = "local") -> dg.Definitions:
     """The jobs, sensors and schedule, configured from the environment.
 
     ``fractal_spec_files`` runs by default when a bucket is configured (uploads
     are picked up without a click in ``dagster dev``), else it ships stopped;
-    the schedule always ships stopped.
+    the schedule always ships stopped. Both guard their batches with the budget
+    (``FRACTALS_MAX_BATCH_SECONDS``), predicted for the ``backend`` that renders them.
     """
     interval = sensor_interval_from_env()
     cron = schedule_cron_from_env()
+    cost = cost_settings_from_env(backend)
     status = dg.DefaultSensorStatus.RUNNING if bucket_configured else dg.DefaultSensorStatus.STOPPED
     spec_files = spec_files_sensor(
-        specs_prefix_from_env(), interval, status, specs_queue_from_env(), reconcile_seconds_from_env()
+        specs_prefix_from_env(), interval, status, specs_queue_from_env(), reconcile_seconds_from_env(), cost
     )
     return dg.Definitions(
         jobs=[render_job, random_fractals_job],
-        sensors=[spec_files, render_after_schedule_sensor(interval), collage_freshness_sensor(interval)],
-        schedules=[random_fractals_schedule(cron)],
+        sensors=[spec_files, render_after_schedule_sensor(interval, cost), collage_freshness_sensor(interval)],
+        schedules=[random_fractals_schedule(cron, cost)],
     )

@@ -34,3 +34,9 @@ SPEC_FILE = "fractal_pipeline/spec_file"
 REJECTED_ROWS = "fractal_pipeline/rejected_rows"
 #: The specs run whose new partitions an images run renders (the after-schedule sensor).
 SPECS_RUN = "fractal_pipeline/specs_run"
+#: What was predicted when an images run was launched (defs/cost.py): render CPU seconds on its backend,
+#: wall seconds, cost by backend (JSON) and which coefficients the figures used.
+PREDICTED_RENDER_S = "fractal_pipeline/predicted_render_s"
+PREDICTED_WALL_S = "fractal_pipeline/predicted_wall_s"
+PREDICTED_COST_USD = "fractal_pipeline/predicted_cost_usd"
+PREDICTION_BASIS = "fractal_pipeline/prediction_basis"

@@ -10,6 +10,7 @@ from pydantic import Field
 from fractal_pipeline.defs.assets.common import GROUP, OWNERS, PROGRESS_EVERY_S, one_line_failure
 from fractal_pipeline.defs.assets.specs import fractal_specs
 from fractal_pipeline.defs.cancel import CancelWatch, canceled
+from fractal_pipeline.defs.cost import RecordedPrediction
 from fractal_pipeline.defs.metadata import partition_metadata
 from fractal_pipeline.defs.partitions import spec_partitions
 from fractal_pipeline.defs.resources import FractalStoreResource, RenderBackendResource
@@ -80,8 +81,10 @@ IMAGES_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.
         "Partition metadata: `thumbnail` (~128 px preview, *Show Markdown*), `location` (file or `s3://` URL), "
         "`segments`, `bytes` (PNG size), `render_ms` / `encode_ms` / `put_ms` (time per phase), `worker` "
         "(process or Lambda invocation), `worker_started_at`, `started_at`, `stored_at`, and `stored_by` when the "
-        "step's process stored the PNG its worker rendered (a worker that leaves a CPU free). The `pngs_valid` "
-        "check of each batch carries `workers`, a per-worker table and timeline of the step; "
+        "step's process stored the PNG its worker rendered (a worker that leaves a CPU free), and `render_version` "
+        "(the core and encoder that made the timings, which the cost model is calibrated on). The `pngs_valid` "
+        "check of each batch carries `workers`, a per-worker table and timeline of the step, and `prediction`, "
+        "the render time predicted at launch against the actual one; "
         "`fractal-pipeline events RUN_ID` prints the same timelines in a terminal."
     ),
 )
@@ -291,6 +294,13 @@ class _Batch:
         summary = batch_summary_markdown(
             [WorkItem.from_result(r) for r in done], total, len(failed), self.started_at, time.time()
         )
+        predicted = RecordedPrediction.from_tags(self.context.run.tags)
+        comparison = (
+            predicted.compared(render_s, elapsed)
+            if predicted is not None
+            else "no prediction: this run was launched without one"
+        )
+        self.context.log.info(comparison)
         yield dg.AssetCheckResult(
             check_name=IMAGES_CHECK,
             asset_key=self.context.asset_key,
@@ -299,6 +309,9 @@ class _Batch:
                 "checked": len(done),
                 "skipped": len(skipped),
                 "workers": dg.MetadataValue.md(summary),
+                "prediction": comparison,
+                "predicted_render_s": predicted.render_s if predicted is not None else None,
+                "actual_render_s": round(render_s, 3),
                 "failed": dg.MetadataValue.json({f.key: f.error for f in failed[:100]}),
             },
         )

@@ -8,9 +8,11 @@ from pydantic import Field
 from fractal_pipeline.defs.assets.common import GROUP, OWNERS, one_line_failure
 from fractal_pipeline.defs.batch_plan import partition_range
 from fractal_pipeline.defs.cancel import CancelWatch
+from fractal_pipeline.defs.cost import cost_model, predict_specs, prediction_markdown
 from fractal_pipeline.defs.metadata import specs_table
 from fractal_pipeline.defs.partitions import PARTITIONS_NAME
-from fractal_pipeline.defs.resources import FractalStoreResource
+from fractal_pipeline.defs.resources import FractalStoreResource, RenderBackendResource
+from fractal_pipeline.defs.settings import cost_settings_from_env
 from fractal_pipeline.fractals import DEFAULT_PALETTE, DEFAULT_SIZE, MAX_SPECS, FractalSpec, InvalidSpec, random_specs
 from fractal_pipeline.store import StoreError
 
@@ -36,7 +38,8 @@ class FractalSpecsConfig(dg.Config):
         "`fractal_specs` dynamic partition per new spec key, so `fractal_images` can render them.\n\n"
         "Materialize it from the Launchpad with e.g. `count: 20` (and optionally `seed`, `kinds`, `size`, "
         "`palette`). Metadata: `count`, `seed` (re-use it to get the same list), `new_keys` (partitions "
-        "added), `keys`, and `specs`, a table of the batch."
+        "added), `keys`, `specs`, a table of the batch, and the batch's predicted render time and cost "
+        "(`predicted_render_s`, `predicted_wall_s`, `cost_usd`, `prediction`: the specs not stored yet; docs/cost.md)."
     ),
     metadata={
         "dagster/column_schema": dg.TableSchema(
@@ -52,13 +55,17 @@ class FractalSpecsConfig(dg.Config):
     },
 )
 def fractal_specs(
-    context: dg.AssetExecutionContext, config: FractalSpecsConfig, store: FractalStoreResource
+    context: dg.AssetExecutionContext,
+    config: FractalSpecsConfig,
+    store: FractalStoreResource,
+    renderer: RenderBackendResource,
 ) -> dg.Output[list[FractalSpec]]:
     try:
         store.get_store().check()
+        settings = cost_settings_from_env(renderer.backend)
         seed = config.seed if config.seed is not None else secrets.randbits(32)
         specs = random_specs(config.count, seed=seed, kinds=config.kinds, size=config.size, palette=config.palette)
-    except (InvalidSpec, StoreError) as exc:
+    except (InvalidSpec, StoreError, ValueError) as exc:
         raise one_line_failure(exc) from exc
     if CancelWatch(context).requested():  # nothing registered yet: an interrupted batch leaves no partitions
         raise dg.Failure(description="run canceled before its partitions were registered", allow_retries=False)
@@ -69,9 +76,13 @@ def fractal_specs(
     first, last = partition_range(
         [spec.key for spec in specs], context.instance.get_dynamic_partitions(PARTITIONS_NAME)
     ) or ("", "")
+    stored = store.get_store().stored_images([spec.key for spec in specs])
+    prediction = predict_specs(
+        cost_model(context.instance), [s for s in specs if s.key not in stored], settings, renderer.workers
+    )
     context.log.info(
         f"{len(specs)} specs (seed {seed}), {len(new_keys)} new partitions; render them with "
-        f"--partition-range {first}...{last}"
+        f"--partition-range {first}...{last}; predicted {prediction.predicted_render_s:.2f} s of render CPU"
     )
     return dg.Output(
         specs,
@@ -82,5 +93,9 @@ def fractal_specs(
             "new_keys": len(new_keys),
             "keys": dg.MetadataValue.json([spec.key for spec in specs]),
             "specs": dg.MetadataValue.md(specs_table(specs, set(new_keys))),
+            "predicted_render_s": round(prediction.predicted_render_s, 3),
+            "predicted_wall_s": dg.MetadataValue.json(prediction.to_json()["predicted_wall_s"]),
+            "cost_usd": dg.MetadataValue.json(prediction.to_json()["cost_usd"]),
+            "prediction": dg.MetadataValue.md(prediction_markdown(prediction, settings.max_batch_s)),
         },
     )

@@ -8,7 +8,7 @@ from fractal_pipeline.defs.jobs import RANDOM_JOB_NAME, random_fractals_job, ren
 from fractal_pipeline.defs.resources import FractalStoreResource
 from fractal_pipeline.defs.schedules import RENDER_AFTER_SCHEDULE_NAME
 from fractal_pipeline.defs.sensors.plan import PartitionPlan
-from fractal_pipeline.defs.settings import DEFAULT_INTERVAL_S
+from fractal_pipeline.defs.settings import DEFAULT_INTERVAL_S, CostSettings
 
 
 def _keys_of_specs_run(instance: dg.DagsterInstance, run_id: str) -> list[str]:
@@ -24,8 +24,11 @@ def _keys_of_specs_run(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     return []
 
 
-def render_after_schedule_sensor(minimum_interval_seconds: int = DEFAULT_INTERVAL_S) -> dg.SensorDefinition:
-    """After a successful ``random_fractals`` run, render its specs' partitions in one batched run."""
+def render_after_schedule_sensor(
+    minimum_interval_seconds: int = DEFAULT_INTERVAL_S, cost: CostSettings | None = None
+) -> dg.SensorDefinition:
+    """After a successful ``random_fractals`` run, render its specs' partitions in one batched run (its
+    prediction in its tags; the schedule's tick checked the budget)."""
 
     @dg.run_status_sensor(
         name=RENDER_AFTER_SCHEDULE_NAME,
@@ -39,7 +42,7 @@ def render_after_schedule_sensor(minimum_interval_seconds: int = DEFAULT_INTERVA
     def _render(context: dg.RunStatusSensorContext, store: FractalStoreResource) -> dg.RunRequest | dg.SkipReason:
         run_id = context.dagster_run.run_id
         keys = _keys_of_specs_run(context.instance, run_id)
-        plan = PartitionPlan.load(context.instance, store.get_store())
+        plan = PartitionPlan.load(context.instance, store.get_store(), cost)
         request = plan.render_request(keys, f"{RANDOM_JOB_NAME}:{run_id}", {tags.SPECS_RUN: run_id})
         if request is None:
             return dg.SkipReason(f"run {run_id[:8]}: all {len(keys)} specs are already stored")

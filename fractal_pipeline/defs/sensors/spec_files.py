@@ -46,7 +46,6 @@ notification announced (a lost message, a tick result lost after its
 messages were deleted, files uploaded before the queue existed) exactly once.
 """
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import replace
@@ -62,12 +61,12 @@ from fractal_pipeline.defs.partitions import spec_partitions
 from fractal_pipeline.defs.resources import FractalStoreResource
 from fractal_pipeline.defs.sensors.cursor import SENSOR_NAME, SpecFilesCursor, etag, settle_horizon, utc
 from fractal_pipeline.defs.sensors.plan import PartitionPlan
-from fractal_pipeline.defs.settings import DEFAULT_INTERVAL_S, DEFAULT_PREFIX, DEFAULT_RECONCILE_S
+from fractal_pipeline.defs.sensors.reports import REJECTED_DIR, write_report
+from fractal_pipeline.defs.settings import DEFAULT_INTERVAL_S, DEFAULT_PREFIX, DEFAULT_RECONCILE_S, CostSettings
 from fractal_pipeline.specfiles.parse import SpecFile, file_format, oversize_error, parse_spec_file
 from fractal_pipeline.specfiles.queue import QUEUE_ENV, QueueMessage, SpecQueue
 from fractal_pipeline.store import S3Store, StoreError, aws_error_code, sqs_client
 
-REJECTED_DIR = "_rejected/"
 #: Bounds on one tick (Dagster times a sensor out after 60 s); the rest waits for the next tick.
 MAX_FILES_PER_TICK = 100
 TICK_BUDGET_S = 20.0
@@ -89,11 +88,6 @@ def _server_time(s3: S3Store) -> datetime | None:
         return parsedate_to_datetime(date).astimezone(timezone.utc) if date else None
     except (TypeError, ValueError):
         return None
-
-
-def rejected_key(prefix: str, key: str) -> str:
-    """Where the report of ``key`` goes: ``<prefix>_rejected/<name relative to prefix>.json``."""
-    return f"{prefix}{REJECTED_DIR}{key[len(prefix) :]}.json"
 
 
 def _read(client: Any, bucket: str, obj: Mapping[str, Any]) -> bytes | None:
@@ -125,35 +119,6 @@ def _parse_object(client: Any, bucket: str, obj: Mapping[str, Any]) -> SpecFile 
     return None if data is None else parse_spec_file(key, data)
 
 
-def _report(
-    context: dg.SensorEvaluationContext, client: Any, bucket: str, prefix: str, obj: Mapping[str, Any], parsed: SpecFile
-) -> None:
-    """Log the outcome; write (or clear) the ``_rejected/`` report object."""
-    key = obj["Key"]
-    report_key = rejected_key(prefix, key)
-    if parsed.clean:
-        client.delete_object(Bucket=bucket, Key=report_key)
-        context.log.info(f"s3://{bucket}/{key}: {len(parsed.specs)} specs")
-        return
-    body = {**parsed.report(), "etag": etag(obj), "last_modified": utc(obj["LastModified"]).isoformat()}
-    client.put_object(
-        Bucket=bucket,
-        Key=report_key,
-        Body=json.dumps(body, indent=1).encode(),
-        ContentType="application/json",
-    )
-    where = f"s3://{bucket}/{report_key}"
-    if parsed.error:
-        context.log.warning(f"s3://{bucket}/{key}: skipped, {parsed.error} (report {where})")
-        return
-    lines = "; ".join(f"line {row.line}: {row.reason}" for row in parsed.rejected[:5])
-    more = f"; and {len(parsed.rejected) - 5} more" if len(parsed.rejected) > 5 else ""
-    context.log.warning(
-        f"s3://{bucket}/{key}: {len(parsed.specs)} specs, {len(parsed.rejected)} rows rejected "
-        f"(report {where}): {lines}{more}"
-    )
-
-
 class _Tick:
     """One evaluation of ``fractal_spec_files``: the handling of a file, shared by the listing and
     the queue, and the tick's limits (:data:`MAX_FILES_PER_TICK` files, :data:`TICK_BUDGET_S`)."""
@@ -166,8 +131,10 @@ class _Tick:
         cursor: SpecFilesCursor,
         max_files: int,
         budget_s: float,
+        cost: CostSettings,
     ) -> None:
         self.context = context
+        self.cost = cost
         self.store = s3
         self.client = s3.client
         self.bucket = s3.bucket
@@ -180,6 +147,8 @@ class _Tick:
         self.run_requests: list[dg.RunRequest] = []
         self.handled: list[Mapping[str, Any]] = []
         self.files = 0  # handled files that were read (not deleted meanwhile, not folders)
+        #: Files refused over the budget: an identical upload of one is read again (the budget may be raised).
+        self.refused: set[str] = set()
         self._done: set[tuple[str, str]] = set()
 
     def full(self) -> bool:
@@ -201,6 +170,12 @@ class _Tick:
         self.handled.append(obj)
         self._done.add((obj["Key"], etag(obj)))
 
+    def _plan(self) -> PartitionPlan:
+        """The tick's partition plan, loaded with the first file that has specs."""
+        if self.plan is None:
+            self.plan = PartitionPlan.load(self.context.instance, self.store, self.cost)
+        return self.plan
+
     def _handle(self, obj: Mapping[str, Any]) -> None:
         key = obj["Key"]
         if key.endswith("/"):  # a "folder" placeholder object
@@ -210,18 +185,26 @@ class _Tick:
             if parsed is None:  # deleted or replaced since the listing: a new version is listed anew
                 self.context.log.info(f"s3://{self.bucket}/{key} was deleted or replaced during the tick")
                 return
-            _report(self.context, self.client, self.bucket, self.prefix, obj, parsed)
+            plan = self._plan() if parsed.specs else None
+            prediction = plan.predict(parsed.keys) if plan is not None else None
+            refused = plan.over_budget(prediction) if plan is not None and prediction is not None else None
+            write_report(
+                self.context, self.client, self.bucket, self.prefix, obj, parsed, prediction, refused,
+                self.cost.max_batch_s,
+            )  # fmt: skip
         except Exception as exc:
             raise StoreError(
                 f"FRACTALS_BUCKET: cannot read or report s3://{self.bucket}/{key} ({type(exc).__name__}: {exc}); "
                 "the file is retried on the next tick"
             ) from exc
         self.files += 1
-        if parsed.specs:
-            self.plan = self.plan or PartitionPlan.load(self.context.instance, self.store)
-            self.plan.register(parsed.keys)
+        if refused is not None:
+            self.refused.add(key)
+            return
+        if plan is not None:
+            plan.register(parsed.keys)
             file_tags = {tags.SPEC_FILE: key[:200], tags.REJECTED_ROWS: str(len(parsed.rejected))}
-            request = self.plan.render_request(parsed.keys, f"{key}@{etag(obj)}", file_tags)
+            request = plan.render_request(parsed.keys, f"{key}@{etag(obj)}", file_tags)
             if request is not None:
                 self.run_requests.append(request)
 
@@ -251,7 +234,7 @@ class _Tick:
         left = pending[len(handled) :]  # listed but left for the next tick
         if horizon is not None and left:
             horizon = min(horizon, min(utc(obj["LastModified"]) for obj in left))
-        return self.cursor.advanced(handled, horizon), not left
+        return self.cursor.advanced(handled, horizon, self.refused), not left
 
     def drain_queue(self, queue: SpecQueue) -> list[Mapping[str, Any]]:
         """The queue path: the files announced by notifications, handled as listed ones; returns them.
@@ -306,13 +289,15 @@ def evaluate_spec_files(
     budget_s: float = TICK_BUDGET_S,
     queue: str | None = None,
     reconcile_s: float = DEFAULT_RECONCILE_S,
+    cost: CostSettings | None = None,
 ) -> dg.SensorResult | dg.SkipReason:
     """One tick of ``fractal_spec_files`` (the sensor's body, callable from tests and benchmarks).
 
     Without ``queue``, every tick lists the prefix. With ``queue`` (an SQS queue
     URL, ARN or name receiving the bucket's event notifications), a tick
     handles the files the messages announce, and also lists the prefix when the
-    last complete listing is ``reconcile_s`` seconds old (the first tick always).
+    last complete listing is ``reconcile_s`` seconds old (the first tick always). ``cost``: the batch
+    budget and prices; a file whose batch is predicted over the budget renders nothing and is reported.
     """
     if not store.bucket:
         return dg.SkipReason(
@@ -322,7 +307,7 @@ def evaluate_spec_files(
     s3 = store.get_store()
     assert isinstance(s3, S3Store), "a store with a bucket is an S3Store"
     cursor = SpecFilesCursor.parse(context.cursor)
-    tick = _Tick(context, s3, prefix, cursor, max_files, budget_s)
+    tick = _Tick(context, s3, prefix, cursor, max_files, budget_s, cost or CostSettings())
     now = time.time()
     reconcile = queue is None or cursor.reconciled_at is None or now - cursor.reconciled_at >= reconcile_s
     new_cursor = cursor
@@ -332,7 +317,9 @@ def evaluate_spec_files(
             new_cursor = replace(new_cursor, reconciled_at=now)
     if queue is not None:
         client = sqs_client(s3.config.endpoint_url, s3.config.region_name)
-        new_cursor = new_cursor.remembered(tick.drain_queue(SpecQueue(client, queue, s3.config.endpoint_url)))
+        new_cursor = new_cursor.remembered(
+            tick.drain_queue(SpecQueue(client, queue, s3.config.endpoint_url)), tick.refused
+        )
 
     plan = tick.plan
     partitions = [spec_partitions.build_add_request(plan.added)] if plan and plan.added else []
@@ -356,6 +343,7 @@ def spec_files_sensor(
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
     queue: str | None = None,
     reconcile_s: int = DEFAULT_RECONCILE_S,
+    cost: CostSettings | None = None,
 ) -> dg.SensorDefinition:
     """The ``fractal_spec_files`` sensor watching ``s3://$FRACTALS_BUCKET/<prefix>``
     (through the SQS ``queue`` of the bucket's notifications, if given)."""
@@ -379,6 +367,6 @@ def spec_files_sensor(
     def fractal_spec_files(
         context: dg.SensorEvaluationContext, store: FractalStoreResource
     ) -> dg.SensorResult | dg.SkipReason:
-        return evaluate_spec_files(context, store, prefix, queue=queue, reconcile_s=reconcile_s)
+        return evaluate_spec_files(context, store, prefix, queue=queue, reconcile_s=reconcile_s, cost=cost)
 
     return fractal_spec_files
