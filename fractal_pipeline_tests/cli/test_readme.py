@@ -127,9 +127,17 @@ def check_observability(ran: Ran) -> None:
     assert re.search(r"\brender\b.*-256px", ran.stdout)  # a worker's render row
 
 
+def check_dry_run(ran: Ran) -> None:
+    for name in SEED_1:  # the plan lists the specs, and nothing is rendered
+        assert name.removesuffix(".png") in ran.stdout
+    assert "4 specs, 0 already stored" in ran.stdout and "predicted cost: lambda $" in ran.stdout
+    assert not (ran.home / "fractals" / "fractals").exists()
+
+
 #: Checks of what the README says a block prints, chosen by a command the block runs.
 CHECKS: dict[str, Callable[..., None]] = {
     "fractal-pipeline kinds": check_cli,
+    "--dry-run": check_dry_run,
     "dagster asset materialize": check_dagster,
     "dg launch": check_dagster,
     "aws s3 ls": check_s3,
