@@ -1,4 +1,4 @@
-"""PNG bytes: the indexed PNGs the core writes (deflated with ISA-L, zlib where it is missing), and reading them back.
+"""PNG bytes: the indexed PNGs the core writes (deflated with zlib-ng, zlib where it is missing), and reading them back.
 
 Every decoder reads them (IHDR, PLTE, tEXt, IDAT, IEND); the text chunks carry the spec, its key and the
 encoder that made the bytes.
@@ -20,51 +20,57 @@ from PIL import Image, PngImagePlugin
 
 from .spec import FractalSpec
 
-#: Deflate level for PNGs (ISA-L's 1, else zlib's): the fastest level that still finds the long runs of
-#: background these line drawings are made of; benchmarks/bench_render.py reports the sizes.
+#: Deflate level for PNGs zlib writes (the fallback, and Pillow for images that are not indexed): the
+#: fastest level that still finds the long runs of background these line drawings are made of.
 PNG_COMPRESS_LEVEL: Final = 1
+#: zlib-ng's level: its level 1 (``deflate_quick``) codes with fixed Huffman tables and makes these files
+#: larger than zlib's level 1; level 2 (``deflate_fast``, zlib's greedy parse) makes them smaller, still
+#: several times faster than zlib. benchmarks/bench_render.py reports the sizes.
+ZLIB_NG_LEVEL: Final = 2
 #: PNG text chunk that carries the spec, so a PNG found in a bucket says what it is.
 PNG_SPEC_CHUNK: Final = "fractal_pipeline.spec"
 PNG_KEY_CHUNK: Final = "fractal_pipeline.key"
-#: PNG text chunk naming the deflate library and version that made the bytes (the same spec gives the same
-#: bytes only with the same encoder).
+#: PNG text chunk naming the deflate library, its version and level that made the bytes (the same spec
+#: gives the same bytes only with the same encoder).
 PNG_ENCODER_CHUNK: Final = "fractal_pipeline.encoder"
 PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 
 
-def _load_isal() -> tuple[Any, str]:
-    """ISA-L's zlib interface and its version, or (None, "") where ``isal`` is not installed.
+def _load_zlib_ng() -> tuple[Any, str]:
+    """zlib-ng's zlib interface and the encoder it makes, or (None, "") where ``zlib-ng`` is not installed.
 
-    ISA-L deflates these scanlines several times faster than zlib, into smaller files
-    (docs/performance.md); zlib stays as a fallback so that the core runs without it.
+    The encoder names the zlib-ng library that the ``zlib-ng`` package bundles (its code makes the
+    bytes), the package's version and the level.
     """
     try:
-        import isal
-        from isal import isal_zlib
+        import zlib_ng
+        from zlib_ng import zlib_ng as zlib_ng_zlib
     except ImportError:
         return None, ""
-    return isal_zlib, str(isal.__version__)
+    library = zlib_ng_zlib.ZLIBNG_RUNTIME_VERSION
+    return zlib_ng_zlib, f"zlib-ng {library} (python zlib-ng {zlib_ng.__version__}), level {ZLIB_NG_LEVEL}"
 
 
-# ISA-L picks its deflate code by CPU features at run time. Its level 1 (and 2) match finder can pick another
-# of two equally long matches for a few scanline buffers in a few processes, so the same pixels can give
-# different IDAT bytes from one process to the next; the pixels are always the same. The cause is not found
-# (docs/performance.md, "ISA-L and the CPU"); pyproject.toml and deploy/Dockerfile.lambda pin one isal version.
-_isal_zlib, _isal_version = _load_isal()
+# zlib-ng picks some of its deflate code by CPU features at run time (SSE2, AVX2, AVX-512 or NEON
+# versions of the match comparison, the window slide and adler32), but every version computes the same
+# values and the hash is one C function, so the bytes depend on the input, the library version and the
+# level only (docs/performance.md, "Issue 16: a deterministic encoder"). pyproject.toml and
+# deploy/Dockerfile.lambda pin one zlib-ng version.
+_zlib_ng, _zlib_ng_encoder = _load_zlib_ng()
 #: The encoder this process writes PNGs with, as recorded in their :data:`PNG_ENCODER_CHUNK`.
-PNG_ENCODER: Final = f"isal {_isal_version}" if _isal_zlib is not None else f"zlib {zlib.ZLIB_RUNTIME_VERSION}"
+PNG_ENCODER: Final = _zlib_ng_encoder or f"zlib {zlib.ZLIB_RUNTIME_VERSION}, level {PNG_COMPRESS_LEVEL}"
 _fallback_reported = False
 
 
 def deflate(data: npt.NDArray[np.uint8]) -> bytes:
-    """zlib-format deflate of ``data``: ISA-L when installed, else zlib (said once, as a warning)."""
+    """zlib-format deflate of ``data``: zlib-ng when installed, else zlib (said once, as a warning)."""
     global _fallback_reported
-    if _isal_zlib is not None:
-        return bytes(_isal_zlib.compress(data, PNG_COMPRESS_LEVEL))
+    if _zlib_ng is not None:
+        return bytes(_zlib_ng.compress(data, ZLIB_NG_LEVEL))
     if not _fallback_reported:
         _fallback_reported = True
         warnings.warn(
-            "isal is not installed: PNGs are deflated with zlib (slower, other bytes); pip install isal",
+            "zlib-ng is not installed: PNGs are deflated with zlib (slower, other bytes); pip install zlib-ng",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -72,11 +78,11 @@ def deflate(data: npt.NDArray[np.uint8]) -> bytes:
 
 
 def inflate(data: bytes) -> bytes:
-    """The inverse of :func:`deflate` (ISA-L when installed: several times faster than zlib); raises zlib.error."""
-    if _isal_zlib is not None:
+    """The inverse of :func:`deflate` (zlib-ng when installed: faster than zlib); raises zlib.error."""
+    if _zlib_ng is not None:
         try:
-            return bytes(_isal_zlib.decompress(data))
-        except _isal_zlib.error as exc:
+            return bytes(_zlib_ng.decompress(data))
+        except _zlib_ng.error as exc:
             raise zlib.error(str(exc)) from exc
     return zlib.decompress(data)
 
@@ -168,7 +174,7 @@ def read_png(data: bytes) -> Image.Image | None:
     """A PNG as :func:`write_png` writes them (8-bit palette, not interlaced, no filter) as a "P"
     image, or None for any other PNG (for Pillow to open).
 
-    Inflated with ISA-L and handed to Pillow row by row, which is faster than Pillow's own decoder
+    Inflated with zlib-ng and handed to Pillow row by row, which is faster than Pillow's own decoder
     (the collage reads every stored image). Text chunks are skipped.
     """
     if not data.startswith(PNG_SIGNATURE):
