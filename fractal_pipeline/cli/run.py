@@ -18,7 +18,7 @@ from fractal_pipeline.cli.console import EXIT_INTERRUPTED, EXIT_USAGE, fail, not
 from fractal_pipeline.defs import tags as run_tags
 from fractal_pipeline.fractals import DEFAULT_SIZE, PALETTES, FractalSpec
 from fractal_pipeline.instance.home import one_line
-from fractal_pipeline.runs.execute import run_failure_message
+from fractal_pipeline.runs.execute import run_failure_message, start_workers_early
 from fractal_pipeline.store import image_key
 
 if TYPE_CHECKING:
@@ -263,7 +263,7 @@ class _Batch:
             return None
 
     def _specs(self) -> tuple[list[str], str]:
-        """Run ``fractal_specs`` (with the images run's workers starting meanwhile); the keys and the resume command."""
+        """Run ``fractal_specs``; the keys and the resume command."""
         options = self.options
         config = {
             "count": options.count,
@@ -287,7 +287,6 @@ class _Batch:
     def _images(self, keys: list[str]) -> None:
         """The one images run that renders the keys not stored yet (none if all are)."""
         from fractal_pipeline.defs.batch_plan import plan_batch
-        from fractal_pipeline.defs.cost import prediction_tags
         from fractal_pipeline.defs.partitions import PARTITIONS_NAME
 
         plan = plan_batch(keys, self.instance.get_dynamic_partitions(PARTITIONS_NAME), _stored(self.store, keys))
@@ -300,23 +299,12 @@ class _Batch:
         )
         if plan.run is None or self.interrupts.requested:
             return
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=term.err,
-        ) as progress:
-            images = self._execute(
-                "fractal_images",
-                plan.run.run_config(self.options.workers),
-                _ImagesProgress(self.instance, progress, plan.run.renders, self.store),
-                {
-                    **plan.run.tags,
-                    **prediction_tags(self.run_plan.prediction),
-                    **({run_tags.COLLAGE_BY_LAUNCHER: "true"} if self.options.collage else {}),
-                },
-            )
+        options = self.options
+        started = start_workers_early(self.defs, options.backend, self.store_config, options.workers, plan.run.renders)
+        try:
+            images = self._images_run(plan.run)
+        finally:
+            started.close()
         if images is None:  # stopped at once: the run was marked CANCELED
             return
         self.seen_stored.update(m.partition for m in images.asset_materializations_for_node("fractal_images"))
@@ -325,6 +313,28 @@ class _Batch:
         term.err.print(Text(f"images run {images.run_id}: {status}{skipped}"), soft_wrap=True)
         if not images.success and not self.interrupts.requested:
             self.failures.append(f"{run_failure_message(images)} (run {images.run_id})")
+
+    def _images_run(self, run: Any) -> Any:
+        """Execute the images run with a progress bar."""
+        from fractal_pipeline.defs.cost import prediction_tags
+
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=term.err,
+        ) as progress:
+            return self._execute(
+                "fractal_images",
+                run.run_config(self.options.workers),
+                _ImagesProgress(self.instance, progress, run.renders, self.store),
+                {
+                    **run.tags,
+                    **prediction_tags(self.run_plan.prediction),
+                    **({run_tags.COLLAGE_BY_LAUNCHER: "true"} if self.options.collage else {}),
+                },
+            )
 
     def _collage(self) -> None:
         from fractal_pipeline.store import collage_key

@@ -11,6 +11,9 @@ set, else ``local``):
 - ``aws``: as ``s3``, but ``fractal_images`` renders on the Lambda render
   function ``FRACTALS_LAMBDA_FUNCTION`` (chunks invoked with ``PipesLambdaClient``);
   what the ECS tasks of ``deploy/template.yaml`` run.
+
+Every deployment has a ``started_workers`` resource (``workers.pool.StartedWorkers``): empty, unless
+``fractal-pipeline run`` started the local render workers of its images run early, as Dagster creates it.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from fractal_pipeline.defs.settings import (
     specs_queue_from_env,
 )
 from fractal_pipeline.store import default_local_dir, endpoint_from_env
+from fractal_pipeline.workers.pool import StartedWorkers
 
 DEPLOYMENTS = ("local", "s3", "aws")
 
@@ -58,6 +62,7 @@ def resources_for(deployment: str) -> Mapping[str, Any]:
             "png_io_manager": PngIOManager(store=store),
             "io_manager": dg.FilesystemIOManager(),
             "renderer": RenderBackendResource(),
+            "started_workers": StartedWorkers(),
         }
     if not os.environ.get("FRACTALS_BUCKET"):
         raise ValueError(f"FRACTALS_BUCKET: the {deployment!r} deployment needs a bucket name; set FRACTALS_BUCKET")
@@ -86,6 +91,7 @@ def resources_for(deployment: str) -> Mapping[str, Any]:
             s3_prefix="dagster",
         ),
         "renderer": renderer,
+        "started_workers": StartedWorkers(),
     }
 
 

@@ -9,7 +9,13 @@ import dagster as dg
 from pydantic import Field
 
 from fractal_pipeline.store import FractalStore, StoreConfig, open_store
-from fractal_pipeline.workers.pool import MAX_WORKERS_PER_CPU, default_workers, max_workers, render_many
+from fractal_pipeline.workers.pool import (
+    MAX_WORKERS_PER_CPU,
+    StartedWorkers,
+    default_workers,
+    max_workers,
+    render_many,
+)
 from fractal_pipeline.workers.results import RenderFailure, RenderResult
 
 
@@ -81,12 +87,16 @@ class RenderBackendResource(dg.ConfigurableResource):
         workers: int = 0,
         heartbeat_s: float | None = None,
         should_stop: Callable[[], bool] | None = None,
+        started: StartedWorkers | None = None,
     ) -> Generator[RenderResult | RenderFailure | None, None, None]:
         """Render and store ``keys``, yielding each outcome as soon as it is stored.
 
         With ``heartbeat_s``, also ``None`` whenever that long passes without an outcome. Once
         ``should_stop()`` says so, no more work is started and local workers are stopped.
+        ``started``: local workers started ahead of the batch (:class:`StartedWorkers`), used when they fit.
         """
+        if self.backend != "local" and started is not None:
+            started.close()
         if self.backend == "lambda":
             from fractal_pipeline.aws.lambda_backend import lambda_bucket, render_with_lambda
 
@@ -115,4 +125,4 @@ class RenderBackendResource(dg.ConfigurableResource):
             context.log.warning(f"workers: {count} is more than {MAX_WORKERS_PER_CPU} per CPU; using {max_workers()}")
             count = max_workers()
         context.log.info(f"rendering {len(keys)} partitions with {min(count, len(keys))} local worker processes")
-        yield from render_many(keys, store, count, heartbeat_s=heartbeat_s, should_stop=should_stop)
+        yield from render_many(keys, store, count, heartbeat_s=heartbeat_s, should_stop=should_stop, started=started)

@@ -13,10 +13,12 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from fractal_pipeline.workers.pool import running_workers, stop_processes
+from fractal_pipeline.workers.pool import StartedWorkers, default_workers, running_workers, stop_processes
 
 if TYPE_CHECKING:
     import dagster as dg
+
+    from fractal_pipeline.store import StoreConfig
 
 #: After a second interrupt, how long the run's thread may take to record its end before the process exits.
 STOP_AT_ONCE_WAIT_S = 2.0
@@ -144,6 +146,20 @@ def stop_at_once(instance: dg.DagsterInstance, run_id: str | None, thread: threa
     run = instance.get_run_by_id(run_id)
     if run is not None and not run.is_finished:
         instance.report_run_canceled(run, message="Stopped at once by a second interrupt")
+
+
+def start_workers_early(
+    defs: dg.Definitions, backend: str, store_config: StoreConfig, workers: int, renders: int
+) -> StartedWorkers:
+    """Start the local render workers of an images run that renders ``renders`` partitions now, so that they
+    start up while Dagster creates the run; they wait in the definitions' ``started_workers`` resource, which
+    is returned: close it after the run. None start for the Lambda backend."""
+    started = (defs.resources or {}).get("started_workers")
+    if not isinstance(started, StartedWorkers):
+        raise TypeError("the definitions have no started_workers resource (defs.deployment.resources_for)")
+    if backend == "local":
+        started.start(store_config, workers or default_workers(), renders)
+    return started
 
 
 def run_failure_message(result: Any) -> str:

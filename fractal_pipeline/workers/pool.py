@@ -46,6 +46,10 @@ WORKER_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_
 #: partitions are recorded within ~0.1 s of 1024 px renders and that the workers run out of work together.
 CHUNK_MAX = 8
 
+#: Chunks a worker holds at once: while it renders one, the next waits in its pipe, so it never idles
+#: while the step is busy recording the previous chunk's partitions.
+CHUNKS_IN_FLIGHT = 2
+
 #: More render workers than this per CPU only compete for the CPUs (and each costs a process start).
 MAX_WORKERS_PER_CPU = 4
 
@@ -141,7 +145,8 @@ class Worker:
             env=env,
         )
         _running.add(self.process)
-        self.keys: list[str] = []
+        self.keys: list[str] = []  # handed to it and not reported yet
+        self.chunks = 0  # chunks handed to it and not reported yet
         if store_config is None:
             widen_pipe(self.reports)
         self._send(store_config)
@@ -154,12 +159,14 @@ class Worker:
 
     def give(self, keys: list[str]) -> None:
         """Hand it a chunk; BrokenPipeError if it is gone."""
-        self.keys = list(keys)
+        self.keys.extend(keys)
+        self.chunks += 1
         self._send(keys)
 
     def receive(self) -> list[tuple[str, Outcome | RenderedSpec]]:
-        """Its report of the chunk it was given; EOFError if it died (or exited)."""
+        """Its report of the oldest chunk it holds; EOFError if it died (or exited)."""
         reports: list[tuple[str, Outcome | RenderedSpec]] = wire.receive(self.reports)
+        self.chunks -= 1
         for key, _ in reports:
             self.keys.remove(key)
         return reports
@@ -174,6 +181,51 @@ class Worker:
         wire.send(self.process.stdin.fileno(), message)
 
 
+class StartedWorkers:
+    """Worker processes started before their batch, by a caller that knows one is coming: an early start.
+
+    ``fractal-pipeline run`` starts them just before Dagster creates the images run, so that their start-up
+    (importing the core) overlaps the run's creation instead of following it. The deployment's
+    ``started_workers`` resource is one of these, empty unless its caller started some; :func:`render_many`
+    takes them when they were started for its store and worker count; :meth:`close` stops any it did not take.
+    """
+
+    def __init__(self) -> None:
+        self.store_config: StoreConfig | None = None
+        self.worker_store: StoreConfig | None = None
+        self.workers: list[Worker] = []
+
+    def start(self, store_config: StoreConfig, workers: int, count: int) -> None:
+        """Start ``count`` of the ``workers`` a batch for ``store_config`` will ask for."""
+        self.close()
+        self.store_config = store_config
+        self.worker_store = _worker_store(store_config, workers)
+        self.workers = [Worker(self.worker_store) for _ in range(min(count, workers))]
+
+    def take(self, store_config: StoreConfig, workers: int, needed: int) -> list[Worker]:
+        """Up to ``needed`` of them if they were started for this store and as many ``workers`` (which decides
+        who stores the PNGs: :func:`step_stores`); the rest are stopped."""
+        started, self.workers = self.workers, []
+        fits = store_config == self.store_config and _worker_store(store_config, workers) == self.worker_store
+        taken = started[:needed] if fits else []
+        self._stop(started[len(taken) :])
+        return taken
+
+    def close(self) -> None:
+        """Stop the workers no batch took (they are idle: nothing of theirs is stored)."""
+        started, self.workers = self.workers, []
+        self._stop(started)
+
+    def _stop(self, workers: list[Worker]) -> None:
+        if workers and self.store_config is not None:
+            stop_processes([worker.process for worker in workers], self.store_config)
+
+
+def _worker_store(store_config: StoreConfig, workers: int) -> StoreConfig | None:
+    """What ``workers`` workers are told: where to store, or None to hand the PNGs back (:func:`step_stores`)."""
+    return None if step_stores(store_config, workers) else store_config
+
+
 def render_many(
     keys: Iterable[str],
     store_config: StoreConfig,
@@ -182,6 +234,7 @@ def render_many(
     max_attempts: int = 2,
     should_stop: Callable[[], bool] | None = None,
     heartbeat_s: float | None = None,
+    started: StartedWorkers | None = None,
 ) -> Iterator[Outcome | None]:
     """Render and store every key across ``workers`` processes, yielding each outcome once its PNG is
     stored (in completion order).
@@ -191,6 +244,7 @@ def render_many(
     ``should_stop`` is asked between outcomes and while waiting: when it says so, the workers are
     stopped at once. With ``heartbeat_s``, ``None`` is yielded whenever that long passes without an
     outcome (so the consumer can record what it buffers). Closing the generator stops the workers.
+    ``started``: workers started ahead of the batch, used first when they fit it.
     """
     pending = list(dict.fromkeys(keys))
     if not pending:
@@ -201,7 +255,7 @@ def render_many(
     gc.freeze()
     try:
         batch = _Batch(store_config, max(1, workers or default_workers()), max_attempts)
-        yield from batch.run(pending, should_stop, heartbeat_s)
+        yield from batch.run(pending, should_stop, heartbeat_s, started or StartedWorkers())
     finally:
         gc.unfreeze()
 
@@ -213,23 +267,29 @@ class _Batch:
         self.store_config = store_config
         self.workers = workers
         self.max_attempts = max_attempts
-        # What the workers are told: where to store, or None to hand the PNGs back (then stored here).
-        self.worker_store = None if step_stores(store_config, workers) else store_config
+        self.worker_store = _worker_store(store_config, workers)
         self.step_store: FractalStore | None = None
         self.chunks: deque[list[str]] = deque()
         self.attempts: dict[str, int] = {}
         self.busy: list[Worker] = []
 
     def run(
-        self, keys: list[str], should_stop: Callable[[], bool] | None, heartbeat_s: float | None
+        self,
+        keys: list[str],
+        should_stop: Callable[[], bool] | None,
+        heartbeat_s: float | None,
+        started: StartedWorkers,
     ) -> Iterator[Outcome | None]:
         stopping = should_stop or (lambda: False)
         if stopping():  # never start workers for a batch asked to stop
+            started.close()
             return
         self.chunks.extend(chunked(keys, self.workers))
         try:
-            for _ in range(min(self.workers, len(self.chunks))):
-                self._hand_out(Worker(self.worker_store))
+            needed = min(self.workers, len(self.chunks))
+            taken = started.take(self.store_config, self.workers, needed)
+            for worker in taken + [Worker(self.worker_store) for _ in range(needed - len(taken))]:
+                self._hand_out(worker)
             while self.busy:
                 ready, _, _ = select.select([worker.reports for worker in self.busy], [], [], heartbeat_s or 0.5)
                 if not ready and heartbeat_s is not None:
@@ -245,17 +305,18 @@ class _Batch:
             self._stop_all()
 
     def _hand_out(self, worker: Worker) -> None:
-        """Give ``worker`` the next chunk, or let it exit if there is none."""
+        """Fill ``worker`` up to :data:`CHUNKS_IN_FLIGHT` chunks, or let it exit once it has none left to do."""
         if worker in self.busy:
             self.busy.remove(worker)
-        if not self.chunks:
+        if not self.chunks and not worker.chunks:
             worker.finish()
             _running.discard(worker.process)  # it exits by itself; the batch does not wait for it
             return
         self.busy.append(worker)
-        # A worker that died cannot take it: its pipe then reads as closed, and the chunk is retried.
+        # A worker that died cannot take it: its pipe then reads as closed, and its chunks are retried.
         with contextlib.suppress(BrokenPipeError):
-            worker.give(self.chunks.popleft())
+            while self.chunks and worker.chunks < CHUNKS_IN_FLIGHT:
+                worker.give(self.chunks.popleft())
 
     def _take_report(self, worker: Worker) -> Iterator[Outcome]:
         try:
@@ -263,8 +324,7 @@ class _Batch:
         except EOFError:
             yield from self._retry_after_death(worker)
             return
-        if not worker.keys:  # its next chunk first: it renders while this process stores
-            self._hand_out(worker)
+        self._hand_out(worker)  # its next chunk first: it renders while this process records
         for key, outcome in reports:
             yield self._store_here(key, outcome) if isinstance(outcome, RenderedSpec) else outcome
 

@@ -69,17 +69,27 @@ def test_fractal_pipeline_run_prints_stored_keys(tmp_path: Path) -> None:
         assert (folder / key).is_file()
     assert (folder / "collages" / "fractal_collage.png").is_file()
     assert "seed 8" in run.stderr
-    # The render workers are the images run's own: started by its step, after Dagster created the run.
+    # The render workers start early, while Dagster creates the images run: after the specs run ended,
+    # before the images run started; both of the two asked for render.
     with DagsterInstance.from_ref(InstanceRef.from_dir(env["DAGSTER_HOME"])) as instance:
         records = instance.fetch_materializations(AssetKey("fractal_images"), limit=10).records
         assert len(records) == 4
-        run_record = instance.get_run_record_by_id(records[0].run_id)
-        assert run_record is not None and run_record.create_timestamp is not None
-        created = run_record.create_timestamp.timestamp()
+        images_run = instance.get_run_record_by_id(records[0].run_id)
+        specs = instance.fetch_materializations(AssetKey("fractal_specs"), limit=1).records[0]
+        specs_run = instance.get_run_record_by_id(specs.run_id)
+        assert images_run is not None and images_run.start_time is not None
+        assert specs_run is not None and specs_run.end_time is not None
+        workers = {}
         for record in records:
             materialization = record.asset_materialization
             assert materialization is not None
-            assert float(materialization.metadata["worker_started_at"].value) >= created
+            workers[materialization.metadata["worker"].value] = float(
+                materialization.metadata["worker_started_at"].value
+            )
+        assert len(workers) == 2
+        for started_at in workers.values():
+            # (a process's start time, as /proc gives it, is known to ~10 ms)
+            assert specs_run.end_time - 0.05 <= started_at < images_run.start_time
 
 
 @pytest.mark.parametrize(

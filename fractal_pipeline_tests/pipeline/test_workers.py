@@ -17,7 +17,15 @@ from PIL import Image
 from fractal_pipeline.fractals import FractalSpec, preview, random_specs, render_indexed, render_png
 from fractal_pipeline.store import StoreConfig
 from fractal_pipeline.workers import pool, wire
-from fractal_pipeline.workers.pool import CHUNK_MAX, Worker, chunked, render_many, running_workers, stop_processes
+from fractal_pipeline.workers.pool import (
+    CHUNK_MAX,
+    StartedWorkers,
+    Worker,
+    chunked,
+    render_many,
+    running_workers,
+    stop_processes,
+)
 from fractal_pipeline.workers.results import THUMBNAIL_PX, RenderFailure, RenderResult
 
 from ..conftest import s3_client
@@ -70,6 +78,54 @@ def test_each_key_is_rendered_once_by_a_worker_and_reported_once_stored(tmp_path
     for key in keys:
         assert (tmp_path / "fractals" / f"{key}.png").read_bytes() == render_png(FractalSpec.from_key(key))
     assert not running_workers() and _all_exit(pids)  # done: the workers exit by themselves
+
+
+def test_a_worker_holds_its_next_chunk_while_the_step_is_busy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool, "default_workers", lambda: 1)  # no CPU to spare: the worker stores its PNGs
+    keys = [spec.key for spec in random_specs(40, seed=12, palette=None, size=64)]
+    chunks = chunked(keys, 1)
+    batch = render_many(keys, StoreConfig(local_dir=str(tmp_path)), workers=1)
+    first = next(batch)  # the first chunk is reported; the step now holds off
+    assert isinstance(first, RenderResult) and first.key in chunks[0]
+    # Meanwhile the worker renders the chunk it held and the one handed to it with the first report.
+    wanted = [tmp_path / "fractals" / f"{key}.png" for key in chunks[1] + chunks[2]]
+    deadline = time.monotonic() + 30
+    while not all(path.is_file() for path in wanted) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert all(path.is_file() for path in wanted)
+    assert sorted(o.key for o in [first, *batch] if isinstance(o, RenderResult)) == sorted(keys)
+
+
+def test_workers_started_early_render_the_batch(tmp_path: Path) -> None:
+    store = StoreConfig(local_dir=str(tmp_path))
+    started = StartedWorkers()
+    started.start(store, workers=2, count=5)  # no more than the batch asks for
+    early = {worker.process.pid for worker in started.workers}
+    assert len(early) == 2
+    keys = [spec.key for spec in random_specs(12, seed=13, palette=None, size=64)]
+    outcomes = list(render_many(keys, store, workers=2, started=started))
+    assert sorted(o.key for o in outcomes if isinstance(o, RenderResult)) == sorted(keys)
+    assert _pids(outcomes) == early and not started.workers  # taken: no other worker started
+    assert not running_workers() and _all_exit(early)
+
+
+def test_started_workers_that_do_not_fit_the_batch_are_stopped(tmp_path: Path) -> None:
+    started = StartedWorkers()
+    started.start(StoreConfig(local_dir=str(tmp_path / "elsewhere")), workers=2, count=2)
+    early = {worker.process.pid for worker in started.workers}
+    keys = [spec.key for spec in random_specs(4, seed=14, palette=None, size=64)]
+    outcomes = list(render_many(keys, StoreConfig(local_dir=str(tmp_path)), workers=2, started=started))
+    assert len(outcomes) == 4 and not _pids(outcomes) & early  # rendered by workers started for this store
+    assert _all_exit(early) and not running_workers()
+    assert not (tmp_path / "elsewhere" / "fractals").exists()
+
+
+def test_closing_started_workers_stops_those_no_batch_took(tmp_path: Path) -> None:
+    started = StartedWorkers()
+    started.start(StoreConfig(local_dir=str(tmp_path)), workers=2, count=2)
+    early = {worker.process.pid for worker in started.workers}
+    started.close()
+    assert _all_exit(early) and not running_workers() and not started.workers
 
 
 def test_a_result_carries_the_workers_thumbnail_and_timings(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from fractal_pipeline.defs.summary import batch_summary_markdown
 from fractal_pipeline.fractals import FractalSpec, InvalidSpec
 from fractal_pipeline.instance.events import MaterializationBatcher
 from fractal_pipeline.store import StoreError
+from fractal_pipeline.workers.pool import StartedWorkers
 from fractal_pipeline.workers.results import RenderFailure, RenderResult
 from fractal_pipeline.workers.timings import WorkItem
 
@@ -93,6 +94,7 @@ def fractal_images(
     config: RenderConfig,
     store: FractalStoreResource,
     renderer: RenderBackendResource,
+    started_workers: dg.ResourceParam[StartedWorkers],
 ) -> Iterator[dg.DagsterEvent | dg.AssetCheckResult]:
     in_range = list(context.partition_keys)
     if not in_range:
@@ -101,7 +103,7 @@ def fractal_images(
     keys = in_range if wanted is None else [key for key in in_range if key in wanted]
     skipped = [] if wanted is None else [key for key in in_range if key not in wanted]
     try:
-        yield from _render_images(context, config, store, renderer, keys, skipped)
+        yield from _render_images(context, config, store, renderer, keys, skipped, started_workers)
     except dg.Failure as exc:
         if skipped and (not exc.allow_retries or context.retry_number >= IMAGES_RETRY_POLICY.max_retries):
             yield from _record_skipped(context, skipped)
@@ -166,6 +168,7 @@ def _render_images(
     renderer: RenderBackendResource,
     keys: list[str],
     skipped: list[str],
+    started: StartedWorkers,
 ) -> Iterator[dg.DagsterEvent | dg.AssetCheckResult]:
     try:
         store.get_store().check()
@@ -186,6 +189,7 @@ def _render_images(
         config.workers,
         heartbeat_s=MATERIALIZATION_WINDOW_S,
         should_stop=batch.cancel.requested,
+        started=started,
     )
     yield from batch.record(outcomes)
     yield from batch.finish(skipped)
