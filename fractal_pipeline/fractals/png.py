@@ -53,9 +53,9 @@ def _load_zlib_ng() -> tuple[Any, str]:
 
 # zlib-ng picks some of its deflate code by CPU features at run time (SSE2, AVX2, AVX-512 or NEON
 # versions of the match comparison, the window slide and adler32), but every version computes the same
-# values and the hash is one C function, so the bytes depend on the input, the library version and the
-# level only (docs/performance.md, "Issue 16: a deterministic encoder"). pyproject.toml and
-# deploy/Dockerfile.lambda pin one zlib-ng version.
+# values and, since zlib-ng 2.2, the hash is one C function for every CPU, so the bytes depend on the
+# input, the library version and the level only (docs/performance.md, "Issue 16: a deterministic
+# encoder"). pyproject.toml and deploy/Dockerfile.lambda pin one zlib-ng version.
 _zlib_ng, _zlib_ng_encoder = _load_zlib_ng()
 #: The encoder this process writes PNGs with, as recorded in their :data:`PNG_ENCODER_CHUNK`.
 PNG_ENCODER: Final = _zlib_ng_encoder or f"zlib {zlib.ZLIB_RUNTIME_VERSION}, level {PNG_COMPRESS_LEVEL}"
