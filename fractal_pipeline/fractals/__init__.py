@@ -1,6 +1,6 @@
 """The rendering core: L-system fractals to antialiased, deterministic PNGs.
 
-Pure Python + numpy + Pillow (+ aggdraw for antialiasing, isal for deflate). Imports nothing
+Pure Python + numpy + Pillow (+ aggdraw for antialiasing, zlib-ng for deflate). Imports nothing
 from Dagster, boto3 or the rest of ``fractal_pipeline``; everything else calls
 this API::
 

@@ -288,7 +288,7 @@ def test_materialise_from_the_ui_and_see_a_thumbnail(dagster_dev: DagsterDev, br
 
 
 def test_chromium_decodes_a_rendered_png(browser: BrowserContext) -> None:
-    """The PNGs the core writes itself (ISA-L deflate, tEXt chunks) display in a browser."""
+    """The PNGs the core writes itself (zlib-ng deflate, tEXt chunks) display in a browser."""
     import base64
 
     from fractal_pipeline.fractals import FractalSpec, render_png
