@@ -26,7 +26,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from fractal_pipeline.cost.model import BUILT_IN, Coefficients, Sample, fit  # noqa: E402
-from fractal_pipeline.fractals import FractalSpec, random_specs  # noqa: E402
+from fractal_pipeline.fractals import FractalSpec, random_specs, tune_allocator  # noqa: E402
 from fractal_pipeline.workers.results import render_spec  # noqa: E402
 
 SIZES = (128, 256, 512, 1024, 2048)
@@ -43,6 +43,7 @@ def batch(count: int, seed: int) -> list[FractalSpec]:
 
 def measure(specs: list[FractalSpec]) -> list[Sample]:
     """Render and encode each spec once (after one warm-up), as a worker does; its ms as a sample."""
+    tune_allocator()  # as a worker: buffers reused, not faulted in afresh
     render_spec(specs[0].key)
     samples = []
     for spec in specs:

@@ -51,7 +51,7 @@ class Coefficients:
 
 
 #: Measured by ``benchmarks/bench_cost_model.py`` for the current core (docs/cost.md has the run).
-BUILT_IN = Coefficients(fixed_ms=1.56, segment_us=0.626, mpixel_ms=8.72, basis="built-in (bench_cost_model)")
+BUILT_IN = Coefficients(fixed_ms=2.38, segment_us=0.598, mpixel_ms=5.65, basis="built-in (bench_cost_model)")
 
 
 @dataclass(frozen=True)
