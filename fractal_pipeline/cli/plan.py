@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -40,10 +41,17 @@ def print_plan(plan: Any, as_json: bool) -> None:
         f"predicted render + encode: {data['predicted_render_s']:,.2f} CPU s on {data['backend']} "
         f"(budget {data['budget_s']:,.0f} s, FRACTALS_MAX_BATCH_SECONDS)",
         "predicted wall: " + ", ".join(f"{name} {value:,.2f} s" for name, value in data["predicted_wall_s"].items()),
-        "predicted cost: " + ", ".join(f"{name} ${value:,.4g}" for name, value in data["cost_usd"].items()),
+        "predicted cost: " + ", ".join(f"{name} {_usd(value)}" for name, value in data["cost_usd"].items()),
     ]
     lines += [f"coefficients ({name}): {basis}" for name, basis in data["coefficients"].items() if name != "fargate"]
     if data["over_budget"]:
         lines.append(plan.over_budget)
     for line in lines:
         term.console.print(Text(line), highlight=False, soft_wrap=True)
+
+
+def _usd(value: float) -> str:
+    """Dollars to the cent, or to two significant digits under a cent (never in exponent notation)."""
+    if value <= 0:
+        return "$0"
+    return f"${value:,.{max(2, 1 - math.floor(math.log10(value)))}f}"

@@ -38,6 +38,11 @@ def test_dry_run_prints_the_plan_and_records_nothing(tmp_path: Path) -> None:
     assert text.returncode == 0, text.stderr
     for expected in ("6 specs, 0 already stored", "predicted render + encode", "predicted cost: lambda $"):
         assert expected in text.stdout
+    # The same dollars as the JSON, to two significant digits under a cent, never in exponent notation.
+    (cost_line,) = [line for line in text.stdout.splitlines() if line.startswith("predicted cost:")]
+    lambda_usd = plan["cost_usd"]["lambda"]
+    shown = cost_line.split("lambda $", 1)[1].split(",")[0]
+    assert "e" not in shown.lower() and abs(float(shown) - lambda_usd) <= max(0.005, lambda_usd * 0.06)
 
 
 def test_run_records_its_prediction_and_events_compares_it(tmp_path: Path) -> None:
