@@ -15,7 +15,7 @@ from .catalog import KINDS, SEGMENT_BUDGET, LSystem
 from .collage import make_collage, thumbnail, tile_size_for
 from .palette import DEFAULT_PALETTE, PALETTES
 from .png import encode_png, indexed_png, spec_of_png
-from .render import preview, render, render_indexed, render_png, render_with_preview
+from .render import Drawing, draw, preview, render, render_indexed, render_png, render_with_preview
 from .spec import (
     DEFAULT_SIZE,
     MAX_SIZE,
@@ -41,11 +41,13 @@ __all__ = [
     "MIN_SIZE",
     "PALETTES",
     "SEGMENT_BUDGET",
+    "Drawing",
     "FractalSpec",
     "InvalidSpec",
     "LSystem",
     "check_budget",
     "check_random_count",
+    "draw",
     "encode_png",
     "indexed_png",
     "make_collage",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Final
 
 import aggdraw
@@ -14,7 +15,7 @@ from PIL import Image
 from .catalog import KINDS, SEGMENT_BUDGET
 from .lsystem import turtle_path
 from .palette import PALETTES
-from .png import indexed_image, png_from_scanlines, scanlines_image, spec_text
+from .png import indexed_image, png_from_scanlines, scanlines_image, spec_text, write_png
 from .spec import FractalSpec, check_budget
 
 #: Colour bands along the path (one polyline call each) and antialiasing
@@ -184,24 +185,57 @@ def _draw_scanlines(spec: FractalSpec, max_segments: int) -> tuple[npt.NDArray[n
     return scanlines.ravel(), palette
 
 
-def render_indexed(spec: FractalSpec, max_segments: int = SEGMENT_BUDGET) -> Image.Image:
-    """Draw ``spec`` as a palette ("P") image: what :func:`render_png` encodes.
+@dataclass(frozen=True)
+class Drawing:
+    """A spec drawn, not yet encoded: its pixels as the PNG's scanlines (every row a filter byte 0
+    and ``size`` palette indexes) and its palette. The PNG, its preview and the Pillow image all
+    come from these pixels, so a caller that needs two of them draws once."""
 
-    One antialiased polyline per colour band gives a coverage mask; the band of each pixel is the
-    latest band of the path nearby. Pixel value = ``band * LEVELS + coverage quantised to LEVELS``
-    (:func:`_draw_scanlines`).
-    """
+    spec: FractalSpec
+    scanlines: npt.NDArray[np.uint8] = field(repr=False)
+    palette: bytes = field(repr=False)
+
+    def png(self) -> bytes:
+        """The PNG :func:`render_png` writes; the same spec and encoder give the same bytes."""
+        size = self.spec.size
+        return png_from_scanlines(self.scanlines, size, size, self.palette, spec_text(self.spec))
+
+    def image(self) -> Image.Image:
+        """The palette ("P") image :func:`render_indexed` returns."""
+        return scanlines_image(self.scanlines, self.spec.size, self.spec.size, self.palette)
+
+    def preview(self, max_px: int) -> Image.Image:
+        """:func:`preview` of :meth:`image`, pooled from the scanlines without making the image."""
+        return indexed_image(self._pooled(max_px), self.palette)
+
+    def preview_png(self, max_px: int) -> bytes:
+        """:meth:`preview` as PNG bytes, as :func:`indexed_png` writes it (the thumbnail in metadata)."""
+        return write_png(self._pooled(max_px), self.palette)
+
+    def _pooled(self, max_px: int) -> npt.NDArray[np.uint8]:
+        size = self.spec.size
+        return _max_pool(self.scanlines.reshape(size, size + 1)[:, 1:], max_px)
+
+
+def draw(spec: FractalSpec, max_segments: int = SEGMENT_BUDGET) -> Drawing:
+    """Draw ``spec``: one antialiased polyline per colour band gives a coverage mask; the band of each
+    pixel is the latest band of the path nearby. Pixel value = ``band * LEVELS + coverage quantised to
+    LEVELS`` (:func:`_draw_scanlines`)."""
     scanlines, palette = _draw_scanlines(spec, max_segments)
-    return scanlines_image(scanlines, spec.size, spec.size, palette)
+    return Drawing(spec, scanlines, palette)
+
+
+def render_indexed(spec: FractalSpec, max_segments: int = SEGMENT_BUDGET) -> Image.Image:
+    """Draw ``spec`` as a palette ("P") image: what :func:`render_png` encodes (:func:`draw`)."""
+    return draw(spec, max_segments).image()
 
 
 def render_with_preview(
     spec: FractalSpec, max_px: int, max_segments: int = SEGMENT_BUDGET
 ) -> tuple[Image.Image, Image.Image]:
     """:func:`render_indexed` and its :func:`preview`, pooled from the pixels before they go into Pillow."""
-    scanlines, palette = _draw_scanlines(spec, max_segments)
-    indexes = scanlines.reshape(spec.size, spec.size + 1)[:, 1:]
-    return scanlines_image(scanlines, spec.size, spec.size, palette), indexed_image(_max_pool(indexes, max_px), palette)
+    drawing = draw(spec, max_segments)
+    return drawing.image(), drawing.preview(max_px)
 
 
 def render(spec: FractalSpec, max_segments: int = SEGMENT_BUDGET) -> Image.Image:
@@ -215,8 +249,7 @@ def render(spec: FractalSpec, max_segments: int = SEGMENT_BUDGET) -> Image.Image
 
 def render_png(spec: FractalSpec, max_segments: int = SEGMENT_BUDGET) -> bytes:
     """Render ``spec`` and encode it as an indexed PNG; the same spec and encoder give the same bytes."""
-    scanlines, palette = _draw_scanlines(spec, max_segments)
-    return png_from_scanlines(scanlines, spec.size, spec.size, palette, spec_text(spec))
+    return draw(spec, max_segments).png()
 
 
 def _max_pool(pixels: npt.NDArray[np.uint8], max_px: int) -> npt.NDArray[np.uint8]:

@@ -13,9 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from PIL import Image
-
-from fractal_pipeline.fractals import FractalSpec, encode_png, indexed_png, render_with_preview
+from fractal_pipeline.fractals import FractalSpec, draw
 from fractal_pipeline.store import FractalStore, image_key
 
 THUMBNAIL_PX = 128
@@ -120,7 +118,7 @@ class RenderedSpec:
 
     spec: FractalSpec
     png: bytes = field(repr=False)
-    thumbnail: Image.Image = field(repr=False)
+    thumbnail_png: bytes = field(repr=False)
     started_at: float
     rendered_at: float
     encoded_at: float
@@ -130,12 +128,17 @@ class RenderedSpec:
 
 
 def render_spec(key: str) -> RenderedSpec:
-    """Render and encode the spec with this key, and its thumbnail, timing each phase."""
+    """Render and encode the spec with this key, and its thumbnail, timing each phase.
+
+    The PNG and the thumbnail both come from the drawing's scanlines, and both leave as bytes: no
+    Pillow image is made, copied or sent to the step.
+    """
     spec = FractalSpec.from_key(key)
     started = time.time()
-    image, thumbnail = render_with_preview(spec, THUMBNAIL_PX)
+    drawing = draw(spec)
+    thumbnail = drawing.preview_png(THUMBNAIL_PX)
     rendered = time.time()
-    data = encode_png(image, spec)
+    data = drawing.png()
     return RenderedSpec(spec, data, thumbnail, started, rendered, time.time())
 
 
@@ -158,7 +161,7 @@ def store_rendered(
         rendered_at=rendered.rendered_at,
         encoded_at=rendered.encoded_at,
         stored_at=time.time(),
-        thumbnail_png=indexed_png(rendered.thumbnail),
+        thumbnail_png=rendered.thumbnail_png,
         worker_started_at=worker_started_at,
         put_started_at=put_started,
         stored_by=stored_by,

@@ -18,7 +18,9 @@ from fractal_pipeline.fractals import (
     KINDS,
     FractalSpec,
     InvalidSpec,
+    draw,
     encode_png,
+    indexed_png,
     preview,
     render,
     render_indexed,
@@ -114,6 +116,17 @@ def test_render_with_preview_is_render_indexed_and_its_preview(key: str) -> None
     assert small.size == expected.size and max(small.size) <= 128
     assert small.tobytes() == expected.tobytes() and small.getpalette() == expected.getpalette()
     assert encode_png(image, spec) == render_png(spec)
+
+
+@pytest.mark.parametrize("key", ["dragon_12", "koch_snowflake_3-200px-fire", "hilberts_0-64px", "levy_c_9-1000px"])
+def test_one_drawing_gives_the_png_the_image_and_the_thumbnail(key: str) -> None:
+    """What a worker makes from one drawing equals what the separate functions make."""
+    spec = FractalSpec.from_key(key)
+    drawing = draw(spec)
+    assert drawing.png() == render_png(spec)
+    reference = render_indexed(spec)
+    assert drawing.image().tobytes() == reference.tobytes()
+    assert drawing.preview_png(128) == indexed_png(preview(reference, 128))
 
 
 _TUNED_CHILD = """
