@@ -10,7 +10,7 @@ Sections:
 
 1. Every kind at its default depth: ``render_indexed`` (the palette image),
    ``encode_png`` and ``render_png`` (both together, the goal) times (best of
-   ``--repeat``), PNG bytes (median and total), and for comparison the same
+   ``--repeat`` rounds over all the kinds), PNG bytes (median and total), and for comparison the same
    image saved by Pillow with zlib level 1 and the same text chunks (what the
    core wrote before its own encoder: issue 16's size limit is 1.15x its total)
    and with zlib level 9.
@@ -29,6 +29,7 @@ the Lambda handler run ``render_png``.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import math
@@ -111,29 +112,58 @@ class KindTiming:
     total_ms: float
 
 
-def time_kind(spec: FractalSpec, repeat: int) -> KindTiming:
-    render_indexed(spec)  # warm-up: first-call costs (imports, font/codec setup) are not the renderer's
-    render_ms, image = best_of(repeat, lambda: render_indexed(spec))
-    encode_ms, _ = best_of(repeat, lambda: encode_png(image, spec))
+def time_kinds(specs: list[FractalSpec], repeat: int) -> list[KindTiming]:
+    """Time every spec ``repeat`` times in rounds over all of them, keeping each spec's best.
 
-    info = PngImagePlugin.PngInfo()
-    for keyword, value in spec_text(spec):
-        info.add_text(keyword, value)
+    Rounds rather than back-to-back repeats: this VM's speed drifts by tens of percent within a
+    minute, and a spec's repeats taken seconds apart are less likely to all fall in a slow spell.
+    """
+    for spec in specs:
+        render_indexed(spec)  # warm-up: first-call costs (imports, font/codec setup) are not the renderer's
+    best = {spec.key: [math.inf, math.inf, math.inf] for spec in specs}  # render, encode, render_png
+    pngs: dict[str, bytes] = {}
+    for _ in range(max(1, repeat)):
+        for spec in specs:
+            started = time.perf_counter()
+            image = render_indexed(spec)
+            rendered = time.perf_counter()
+            encode_png(image, spec)
+            encoded = time.perf_counter()
+            pngs[spec.key] = render_png(spec)
+            done = time.perf_counter()
+            times = best[spec.key]
+            times[:] = [
+                min(t, (b - a) * 1000)
+                for t, (a, b) in zip(times, ((started, rendered), (rendered, encoded), (encoded, done)), strict=True)
+            ]
+    timings = []
+    for spec in specs:
+        image = render_indexed(spec)
+        info = PngImagePlugin.PngInfo()
+        for keyword, value in spec_text(spec):
+            info.add_text(keyword, value)
 
-    def save(level: int) -> bytes:
-        out = io.BytesIO()
-        image.save(out, format="PNG", compress_level=level, pnginfo=info if level == 1 else None)
-        return out.getvalue()
+        def save(level: int, image: Image.Image = image, info: PngImagePlugin.PngInfo = info) -> bytes:
+            out = io.BytesIO()
+            image.save(out, format="PNG", compress_level=level, pnginfo=info if level == 1 else None)
+            return out.getvalue()
 
-    encode1_ms, data1 = best_of(repeat, lambda: save(1))
-    encode9_ms, data9 = best_of(repeat, lambda: save(9))
-    total_ms, png = best_of(repeat, lambda: render_png(spec))
-    return KindTiming(spec, render_ms, encode_ms, len(png), encode1_ms, len(data1), encode9_ms, len(data9), total_ms)
+        encode1_ms, data1 = best_of(repeat, lambda: save(1))
+        encode9_ms, data9 = best_of(repeat, lambda: save(9))
+        render_ms, encode_ms, total_ms = best[spec.key]
+        png = pngs[spec.key]
+        timings.append(
+            KindTiming(spec, render_ms, encode_ms, len(png), encode1_ms, len(data1), encode9_ms, len(data9), total_ms)
+        )
+    return timings
 
 
 def section_kinds(size: int, repeat: int) -> list[KindTiming]:
-    print(f"\n## 1. Every kind at its default depth, {size} px (best of {repeat}; PNG encoder: {PNG_ENCODER})\n")
-    timings = [time_kind(FractalSpec(name, lsys.default_depth, size), repeat) for name, lsys in KINDS.items()]
+    print(
+        f"\n## 1. Every kind at its default depth, {size} px (best of {repeat} rounds over the kinds; "
+        f"PNG encoder: {PNG_ENCODER})\n"
+    )
+    timings = time_kinds([FractalSpec(name, lsys.default_depth, size) for name, lsys in KINDS.items()], repeat)
     rows = [
         [
             t.spec.kind,
@@ -261,8 +291,8 @@ def section_baseline(size: int, repeat: int, quick: bool) -> tuple[float, float,
     for name in names:
         spec = FractalSpec(name, KINDS[name].default_depth, size)
         render_png(spec)  # warm-up
-        fast_ms, _ = best_of(repeat, lambda spec=spec: render_png(spec))
-        baseline_ms, _ = best_of(1, lambda spec=spec: baseline_png(spec))
+        fast_ms, _ = best_of(repeat, functools.partial(render_png, spec))
+        baseline_ms, _ = best_of(1, functools.partial(baseline_png, spec))
         total_baseline += baseline_ms
         total_fast += fast_ms
         speedups.append(baseline_ms / fast_ms)
