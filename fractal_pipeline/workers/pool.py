@@ -56,7 +56,7 @@ MAX_WORKERS_PER_CPU = 4
 
 def step_stores(store_config: StoreConfig, workers: int) -> bool:
     """Whether the step's process stores the workers' PNGs: with a local folder and a CPU the workers leave
-    free, the step writes each PNG and encodes its thumbnail while the worker renders the next spec."""
+    free, the step writes each PNG while the worker renders the next spec."""
     return not store_config.bucket and workers < default_workers()
 
 
