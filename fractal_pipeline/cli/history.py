@@ -145,6 +145,12 @@ def events_command(
                 "from the first worker start to the last put",
                 highlight=False,
             )
+        elif "fractal_images" in info.assets:
+            term.console.print(
+                "no render worker reported timings in this run: it rendered nothing, "
+                "or stopped before any worker reported",
+                highlight=False,
+            )
         else:
             term.console.print("no render workers in this run (only fractal_images runs render)", highlight=False)
         term.console.print(Text(prediction["line"]), highlight=False, soft_wrap=True)

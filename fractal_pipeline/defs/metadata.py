@@ -22,16 +22,25 @@ def specs_table(specs: list[FractalSpec], new: set[str], limit: int = 50) -> str
     return "\n".join(lines)
 
 
+def _location(location: str) -> dg.MetadataValue:
+    return dg.MetadataValue.url(location) if location.startswith("s3://") else dg.MetadataValue.path(location)
+
+
+def unreported_metadata(key: str, location: str) -> dict[str, Any]:
+    """The metadata of a PNG stored by a worker that was stopped before it reported it: where it is, and
+    why its thumbnail and timings are missing."""
+    return {
+        "location": _location(location),
+        "segments": FractalSpec.from_key(key).segments,
+        "unreported": "stored by a worker that was stopped before it reported it: no thumbnail or timings",
+    }
+
+
 def partition_metadata(result: RenderResult) -> dict[str, Any]:
     """A stored partition's materialization metadata: thumbnail, location, size and timings."""
-    location = (
-        dg.MetadataValue.url(result.location)
-        if result.location.startswith("s3://")
-        else dg.MetadataValue.path(result.location)
-    )
     metadata: dict[str, Any] = {
         "thumbnail": dg.MetadataValue.md(result.thumbnail_markdown()),
-        "location": location,
+        "location": _location(result.location),
         "segments": result.segments,
         "bytes": result.png_bytes,
         "render_ms": round(result.render_ms, 2),

@@ -88,12 +88,14 @@ class RenderBackendResource(dg.ConfigurableResource):
         heartbeat_s: float | None = None,
         should_stop: Callable[[], bool] | None = None,
         started: StartedWorkers | None = None,
+        on_stop: Callable[[dict[str, str]], None] | None = None,
     ) -> Generator[RenderResult | RenderFailure | None, None, None]:
         """Render and store ``keys``, yielding each outcome as soon as it is stored.
 
         With ``heartbeat_s``, also ``None`` whenever that long passes without an outcome. Once
         ``should_stop()`` says so, no more work is started and local workers are stopped.
         ``started``: local workers started ahead of the batch (:class:`StartedWorkers`), used when they fit.
+        ``on_stop``: local workers only; see :func:`render_many`.
         """
         if self.backend != "local" and started is not None:
             started.close()
@@ -125,4 +127,6 @@ class RenderBackendResource(dg.ConfigurableResource):
             context.log.warning(f"workers: {count} is more than {MAX_WORKERS_PER_CPU} per CPU; using {max_workers()}")
             count = max_workers()
         context.log.info(f"rendering {len(keys)} partitions with {min(count, len(keys))} local worker processes")
-        yield from render_many(keys, store, count, heartbeat_s=heartbeat_s, should_stop=should_stop, started=started)
+        yield from render_many(
+            keys, store, count, heartbeat_s=heartbeat_s, should_stop=should_stop, started=started, on_stop=on_stop
+        )

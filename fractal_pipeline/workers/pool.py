@@ -25,7 +25,7 @@ try:
 except ImportError:  # pragma: no cover - not on Windows
     fcntl = None  # type: ignore[assignment]
 
-from fractal_pipeline.store import FractalStore, LocalStore, StoreConfig, open_store
+from fractal_pipeline.store import FractalStore, LocalStore, StoreConfig, image_key, open_store
 from fractal_pipeline.workers import wire
 from fractal_pipeline.workers.results import (
     RenderedSpec,
@@ -235,6 +235,7 @@ def render_many(
     should_stop: Callable[[], bool] | None = None,
     heartbeat_s: float | None = None,
     started: StartedWorkers | None = None,
+    on_stop: Callable[[dict[str, str]], None] | None = None,
 ) -> Iterator[Outcome | None]:
     """Render and store every key across ``workers`` processes, yielding each outcome once its PNG is
     stored (in completion order).
@@ -245,6 +246,9 @@ def render_many(
     stopped at once. With ``heartbeat_s``, ``None`` is yielded whenever that long passes without an
     outcome (so the consumer can record what it buffers). Closing the generator stops the workers.
     ``started``: workers started ahead of the batch, used first when they fit it.
+    ``on_stop``: when the batch is stopped, called once its workers are gone with the keys they had
+    stored but not yet reported (a worker reports a whole chunk at once) and where each PNG is, so
+    that the caller can record every PNG the batch stored.
     """
     pending = list(dict.fromkeys(keys))
     if not pending:
@@ -254,7 +258,7 @@ def render_many(
     # skipped; what the batch itself allocates is still collected.
     gc.freeze()
     try:
-        batch = _Batch(store_config, max(1, workers or default_workers()), max_attempts)
+        batch = _Batch(store_config, max(1, workers or default_workers()), max_attempts, on_stop)
         yield from batch.run(pending, should_stop, heartbeat_s, started or StartedWorkers())
     finally:
         gc.unfreeze()
@@ -263,10 +267,17 @@ def render_many(
 class _Batch:
     """One :func:`render_many` call: the chunks left, the workers, and the attempts per key."""
 
-    def __init__(self, store_config: StoreConfig, workers: int, max_attempts: int) -> None:
+    def __init__(
+        self,
+        store_config: StoreConfig,
+        workers: int,
+        max_attempts: int,
+        on_stop: Callable[[dict[str, str]], None] | None = None,
+    ) -> None:
         self.store_config = store_config
         self.workers = workers
         self.max_attempts = max_attempts
+        self.on_stop = on_stop
         self.worker_store = _worker_store(store_config, workers)
         self.step_store: FractalStore | None = None
         self.chunks: deque[list[str]] = deque()
@@ -356,3 +367,15 @@ class _Batch:
     def _stop_all(self) -> None:
         workers, self.busy = self.busy, []
         stop_processes([worker.process for worker in workers], self.store_config)
+        unreported = [key for worker in workers for key in worker.keys]
+        if unreported and self.worker_store is not None and self.on_stop is not None:
+            self.on_stop(stored_locations(self.worker_store, unreported))
+
+
+def stored_locations(store_config: StoreConfig, keys: list[str]) -> dict[str, str]:
+    """Where the PNGs of those ``keys`` that are stored are; empty if the store cannot be asked."""
+    try:
+        store = open_store(store_config)
+        return {key: store.location(image_key(key)) for key in keys if store.exists(image_key(key))}
+    except Exception:  # the store went away: what it holds cannot be known, so nothing is claimed
+        return {}

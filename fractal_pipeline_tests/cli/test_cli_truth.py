@@ -309,6 +309,12 @@ def test_an_interrupted_run_stops_cleanly_and_resumes(
     assert statuses["fractal_images"] == dg.DagsterRunStatus.CANCELED
     assert not [run for run in runs_of(home) if not run.is_finished]
     assert "fractal_collage" not in statuses  # an interrupted batch does not rebuild the collage
+    # Every PNG it stored is a materialized partition, including those its workers stored and had not
+    # reported when they were stopped (a worker reports a chunk once the whole chunk is done).
+    (interrupted, *_) = image_runs(home)
+    assert sorted(materialized_by(home, interrupted.run_id)) == sorted(
+        name.removeprefix("fractals/").removesuffix(".png") for name in stored
+    )
 
     command = re.search(r"`(fractal-pipeline run [^`]*)` renders the other (\d+)", line)
     assert command and int(command.group(2)) == 60 - len(stored)

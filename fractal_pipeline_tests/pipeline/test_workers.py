@@ -22,6 +22,7 @@ from fractal_pipeline.workers.pool import (
     StartedWorkers,
     Worker,
     chunked,
+    default_workers,
     render_many,
     running_workers,
     stop_processes,
@@ -254,6 +255,35 @@ def test_asked_to_stop_the_workers_stop_at_once_and_leave_no_partial_png(tmp_pat
     stored = {path.stem for path in (tmp_path / "fractals").glob("*.png")}
     for key in stored:  # every PNG there is whole
         assert (tmp_path / "fractals" / f"{key}.png").read_bytes() == render_png(FractalSpec.from_key(key))
+
+
+@pytest.mark.parametrize("how", ["asked to stop", "closed"])
+def test_a_stopped_batch_names_the_pngs_its_workers_stored_and_had_not_reported(tmp_path: Path, how: str) -> None:
+    keys = [spec.key for spec in random_specs(200, seed=6, palette=None, size=1024)]
+    folder = tmp_path / "fractals"
+    reported: set[str] = set()
+    unreported: dict[str, str] = {}
+
+    def unreported_png() -> bool:  # the known point: a worker stored a PNG of a chunk it has not reported
+        return any(path.stem not in reported for path in folder.glob("*.png"))
+
+    outcomes = render_many(
+        keys,
+        StoreConfig(local_dir=str(tmp_path)),
+        default_workers(),  # as many workers as CPUs: they store their own PNGs
+        heartbeat_s=0.001,  # so that the known point is looked for every millisecond
+        should_stop=unreported_png if how == "asked to stop" else None,
+        on_stop=unreported.update,
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, RenderResult):
+            reported.add(outcome.key)
+        if how == "closed" and unreported_png():
+            outcomes.close()  # what the step does when its run is interrupted
+            break
+    stored = {path.stem for path in folder.glob("*.png")}
+    assert unreported and set(unreported) == stored - reported
+    assert all(Path(location) == (folder / f"{key}.png").resolve() for key, location in unreported.items())
 
 
 def test_closing_the_batch_stops_its_workers(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from fractal_pipeline.defs.assets.common import GROUP, OWNERS, PROGRESS_EVERY_S,
 from fractal_pipeline.defs.assets.specs import fractal_specs
 from fractal_pipeline.defs.cancel import CancelWatch, canceled
 from fractal_pipeline.defs.cost import RecordedPrediction
-from fractal_pipeline.defs.metadata import partition_metadata
+from fractal_pipeline.defs.metadata import partition_metadata, unreported_metadata
 from fractal_pipeline.defs.partitions import spec_partitions
 from fractal_pipeline.defs.resources import FractalStoreResource, RenderBackendResource
 from fractal_pipeline.defs.summary import batch_summary_markdown
@@ -190,6 +190,7 @@ def _render_images(
         heartbeat_s=MATERIALIZATION_WINDOW_S,
         should_stop=batch.cancel.requested,
         started=started,
+        on_stop=batch.record_unreported,
     )
     yield from batch.record(outcomes)
     yield from batch.finish(skipped)
@@ -231,6 +232,7 @@ class _Batch:
         self.total = total
         self.failed = failed
         self.done: list[RenderResult] = []
+        self.unreported: list[str] = []  # stored by workers stopped before they reported them
         self.started = time.monotonic()
         self.started_at = time.time()
         self.last_report = self.started
@@ -255,13 +257,28 @@ class _Batch:
             # The workers are already stopped (render_many); a requested termination ends the step.
             if not self.cancel.requested(now_or_never=True):
                 raise
-            raise canceled(len(self.done), self.total) from exc
+            raise canceled(self.stored(), self.total) from exc
         except BaseException:
             outcomes.close()
             self.batcher.flush()
             raise
         if self.cancel.requested():  # a run asked to stop ends CANCELED, even if its last PNG was just stored
-            raise canceled(len(self.done), self.total)
+            raise canceled(self.stored(), self.total)
+
+    def record_unreported(self, locations: dict[str, str]) -> None:
+        """Record the PNGs that stopped workers had stored and not reported (``render_many``'s ``on_stop``):
+        they are stored, so their partitions are materialized. Recorded when the batcher is flushed."""
+        for key, location in locations.items():
+            self.unreported.append(key)
+            self.batcher.add(
+                dg.AssetMaterialization(
+                    asset_key=self.asset_key, partition=key, metadata=unreported_metadata(key, location)
+                )
+            )
+
+    def stored(self) -> int:
+        """PNGs this batch stored and recorded."""
+        return len(self.done) + len(self.unreported)
 
     def _outcome(self, outcome: RenderResult | RenderFailure | None) -> Iterator[dg.DagsterEvent]:
         if outcome is None:  # idle: record what waits
