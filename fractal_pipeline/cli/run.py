@@ -207,7 +207,10 @@ class _Batch:
         if self.options.collage and not missing:
             self._collage()
             if self.interrupts.requested:
-                raise fail(f"interrupted while tiling the collage: all {len(keys)} PNGs are stored", EXIT_INTERRUPTED)
+                raise fail(
+                    f"interrupted while tiling the collage: all {len(keys)} PNGs are stored; `{resume}` tiles it again",
+                    EXIT_INTERRUPTED,
+                )
         elapsed = time.monotonic() - started
         term.err.print(
             Text(f"stored in {self.store_config.description} in {elapsed:.1f} s; DAGSTER_HOME={self.home}"),
@@ -309,7 +312,9 @@ class _Batch:
             return
         self.seen_stored.update(m.partition for m in images.asset_materializations_for_node("fractal_images"))
         status = "success" if images.success else ("CANCELED" if self.interrupts.requested else "FAILED")
-        skipped = f", {plan.run.skipped} partitions of its range skipped" if plan.run.skipped else ""
+        skipped = (
+            f", {plan.run.skipped} partitions of its range skipped (not in this batch)" if plan.run.skipped else ""
+        )
         term.err.print(Text(f"images run {images.run_id}: {status}{skipped}"), soft_wrap=True)
         if not images.success and not self.interrupts.requested:
             self.failures.append(f"{run_failure_message(images)} (run {images.run_id})")

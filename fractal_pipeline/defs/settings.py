@@ -73,7 +73,9 @@ def env_int(name: str, default: int, low: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"{name}: {raw!r} is not a whole number of seconds") from None
+        raise ValueError(
+            f"{name}: {raw!r} is not a whole number of seconds; set it to one (e.g. {name}={default}) or unset it"
+        ) from None
     if value < low:
         raise ValueError(f"{name}: {value} is too small; use at least {low}")
     return value

@@ -107,7 +107,10 @@ CASES = {
         ["run"], "FRACTALS_BUCKET: the 'aws' deployment needs a bucket name", env={"FRACTAL_DEPLOYMENT": "aws"}
     ),
     "sensor interval a word": Case(
-        ["run"], "FRACTALS_SENSOR_INTERVAL: 'soon' is not a whole number", env={"FRACTALS_SENSOR_INTERVAL": "soon"}
+        ["run"],
+        "FRACTALS_SENSOR_INTERVAL: 'soon' is not a whole number of seconds; "
+        "set it to one (e.g. FRACTALS_SENSOR_INTERVAL=30) or unset it",
+        env={"FRACTALS_SENSOR_INTERVAL": "soon"},
     ),
     "sensor interval zero": Case(
         ["run"], "FRACTALS_SENSOR_INTERVAL: 0 is too small; use at least 1", env={"FRACTALS_SENSOR_INTERVAL": "0"}
