@@ -21,7 +21,9 @@ class FractalStore:
         """Bytes stored under ``key``; KeyError if there are none."""
         raise NotImplementedError
 
-    def exists(self, key: str) -> bool:
+    def exists(self, key: str, *, quick: bool = False) -> bool:
+        """Whether ``key`` is stored. ``quick``: ask as :meth:`check` does, so that a store that is down
+        fails in seconds instead of after an upload's retries (for a batch that is stopping)."""
         raise NotImplementedError
 
     def list(self, prefix: str = "") -> Iterator[str]:

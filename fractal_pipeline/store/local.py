@@ -63,7 +63,7 @@ class LocalStore(FractalStore):
         except FileNotFoundError:
             raise KeyError(key) from None
 
-    def exists(self, key: str) -> bool:
+    def exists(self, key: str, *, quick: bool = False) -> bool:
         return self._path(key).is_file()
 
     def list(self, prefix: str = "") -> Iterator[str]:

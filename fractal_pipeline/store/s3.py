@@ -53,11 +53,12 @@ class S3Store(FractalStore):
         data: bytes = response["Body"].read()
         return data
 
-    def exists(self, key: str) -> bool:
+    def exists(self, key: str, *, quick: bool = False) -> bool:
         from botocore.exceptions import ClientError
 
+        client = self.check_client if quick else self.client
         try:
-            self.client.head_object(Bucket=self.bucket, Key=validate_object_key(key))
+            client.head_object(Bucket=self.bucket, Key=validate_object_key(key))
         except ClientError as exc:
             if aws_error_code(exc) in {"NoSuchKey", "404", "NotFound"}:
                 return False

@@ -376,6 +376,6 @@ def stored_locations(store_config: StoreConfig, keys: list[str]) -> dict[str, st
     """Where the PNGs of those ``keys`` that are stored are; empty if the store cannot be asked."""
     try:
         store = open_store(store_config)
-        return {key: store.location(image_key(key)) for key in keys if store.exists(image_key(key))}
+        return {key: store.location(image_key(key)) for key in keys if store.exists(image_key(key), quick=True)}
     except Exception:  # the store went away: what it holds cannot be known, so nothing is claimed
         return {}

@@ -16,7 +16,8 @@ from PIL import Image
 from fractal_pipeline.definitions import build_definitions
 from fractal_pipeline.defs.partitions import PARTITIONS_NAME
 from fractal_pipeline.fractals import FractalSpec, render_png
-from fractal_pipeline.store import S3Store, StoreError
+from fractal_pipeline.store import S3Store, StoreConfig, StoreError, image_key
+from fractal_pipeline.workers.pool import stored_locations
 
 from ..conftest import failure_message, materialize_collage, materialize_images, materialize_specs, s3_client
 
@@ -96,6 +97,19 @@ def test_missing_bucket_fails_first_step_naming_the_variable(
 def test_store_check_names_the_setting(s3_env: dict[str, str]) -> None:
     with pytest.raises(StoreError, match=r"^AWS_ENDPOINT_URL: cannot reach S3"):
         S3Store("b", endpoint_url="http://127.0.0.1:9", region_name="us-east-1").check()
+
+
+def test_a_stopping_batch_finds_its_unreported_pngs_in_s3_and_claims_none_when_s3_is_down(
+    s3_env: dict[str, str],
+) -> None:
+    endpoint, bucket = s3_env["AWS_ENDPOINT_URL"], s3_env["FRACTALS_BUCKET"]
+    store = S3Store(bucket, endpoint_url=endpoint)
+    store.put(image_key("dragon_3-64px"), render_png(FractalSpec.from_key("dragon_3-64px")))
+    assert stored_locations(store.config, ["dragon_3-64px", "dragon_4-64px"]) == {
+        "dragon_3-64px": f"s3://{bucket}/fractals/dragon_3-64px.png"
+    }
+    down = StoreConfig(bucket=bucket, endpoint_url="http://127.0.0.1:9", region_name="us-east-1")  # nothing listens
+    assert stored_locations(down, ["dragon_3-64px"]) == {}
 
 
 def test_cli_run_prints_the_keys_aws_s3_ls_lists(s3_env: dict[str, str], tmp_path: Path) -> None:
