@@ -23,7 +23,7 @@ see :mod:`fractal_pipeline.aws.lambda_handler` for why not the log tail.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -196,10 +196,14 @@ def render_with_lambda(
     concurrency: int = 16,
     max_attempts: int = 3,
     heartbeat_s: float | None = None,
+    on_stop: Callable[[dict[str, str]], None] | None = None,
 ) -> Iterator[RenderResult | RenderFailure | None]:
     """Render ``keys`` on Lambda into ``store`` (an S3 store), yielding each chunk's outcomes as it returns.
 
     With ``heartbeat_s``, ``None`` is yielded whenever that long passes without a chunk returning.
+    Closed early (the run is stopping), it lets the invocations already running finish, starts no
+    more, and calls ``on_stop`` with the PNGs stored that it did not yield (key to location), as
+    ``workers.pool.render_many`` does, so that the caller can record them.
     """
     bucket = lambda_bucket(store)
     chunks = chunked(keys, chunk_size)
@@ -212,44 +216,49 @@ def render_with_lambda(
         f"{len(chunks)} chunks of up to {chunk_size}, {workers} concurrent invocations"
     )
     executor = ThreadPoolExecutor(workers, thread_name_prefix="lambda-render")
+
+    def invoke(chunk: list[str], attempt: int) -> Future[ChunkOutcome]:
+        return executor.submit(invoke_chunk, context, client, s3, function_name, bucket, chunk, attempt)
+
+    unyielded: list[RenderResult | RenderFailure] = []
     with _pipes_sessions_allowed(context):
+        pending: set[Future[ChunkOutcome]] = {invoke(chunk, 1) for chunk in chunks}
         try:
-            pending: set[Future[ChunkOutcome]] = {
-                executor.submit(invoke_chunk, context, client, s3, function_name, bucket, chunk, 1) for chunk in chunks
-            }
             while pending:
                 done, pending = wait(pending, timeout=heartbeat_s, return_when=FIRST_COMPLETED)
                 if not done and heartbeat_s is not None:
                     yield None
                 for future in done:
                     outcome = future.result()
-                    yield from outcome.outcomes
-                    if outcome.error is None:
-                        continue
+                    unyielded.extend(outcome.outcomes)
                     remaining = outcome.unreported
-                    if not remaining:
+                    if outcome.error is None or not remaining:
                         continue
                     if outcome.attempt < max_attempts:
                         context.log.warning(
                             f"chunk {remaining[0]}..{remaining[-1]} failed (attempt {outcome.attempt}/{max_attempts}): "
                             f"{outcome.error}; retrying its {len(remaining)} unreported keys"
                         )
-                        pending.add(
-                            executor.submit(
-                                invoke_chunk,
-                                context,
-                                client,
-                                s3,
-                                function_name,
-                                bucket,
-                                remaining,
-                                outcome.attempt + 1,
-                            )
-                        )
+                        pending.add(invoke(remaining, outcome.attempt + 1))
                     else:
-                        for key in remaining:
-                            yield RenderFailure(
-                                key, f"lambda {function_name}: {outcome.error} (after {max_attempts} attempts)"
-                            )
+                        why = f"lambda {function_name}: {outcome.error} (after {max_attempts} attempts)"
+                        unyielded.extend(RenderFailure(key, why) for key in remaining)
+                while unyielded:
+                    yield unyielded.pop(0)
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
+            stored = _stored_not_yielded(unyielded, pending)
+            if stored and on_stop is not None:
+                on_stop(stored)
+
+
+def _stored_not_yielded(
+    unyielded: list[RenderResult | RenderFailure], pending: set[Future[ChunkOutcome]]
+) -> dict[str, str]:
+    """Where the PNGs are that a batch closed early stored and did not yield: those it held, and those of
+    the invocations that were still running (they finish before this is asked)."""
+    finished = [
+        future.result() for future in pending if future.done() and not future.cancelled() and future.exception() is None
+    ]
+    left = [*unyielded, *(result for outcome in finished for result in outcome.outcomes)]
+    return {result.key: result.location for result in left if isinstance(result, RenderResult)}

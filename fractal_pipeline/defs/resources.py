@@ -95,7 +95,7 @@ class RenderBackendResource(dg.ConfigurableResource):
         With ``heartbeat_s``, also ``None`` whenever that long passes without an outcome. Once
         ``should_stop()`` says so, no more work is started and local workers are stopped.
         ``started``: local workers started ahead of the batch (:class:`StartedWorkers`), used when they fit.
-        ``on_stop``: local workers only; see :func:`render_many`.
+        ``on_stop``: see :func:`render_many`.
         """
         if self.backend != "local" and started is not None:
             started.close()
@@ -118,6 +118,7 @@ class RenderBackendResource(dg.ConfigurableResource):
                 concurrency=self.concurrency,
                 max_attempts=self.max_attempts,
                 heartbeat_s=heartbeat_s,
+                on_stop=on_stop,
             )
             return
         if self.backend != "local":

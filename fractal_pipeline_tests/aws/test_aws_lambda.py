@@ -30,6 +30,7 @@ from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, DAGSTER_PIPES_MESSAGES_
 from fractal_pipeline.aws.lambda_backend import chunked, outcomes_from_messages
 from fractal_pipeline.aws.lambda_handler import FAILURE_MESSAGE, RESULT_MESSAGE, BadEvent, handler
 from fractal_pipeline.definitions import build_definitions
+from fractal_pipeline.defs import cancel
 from fractal_pipeline.defs.assets import fractal_collage, fractal_images, fractal_specs
 from fractal_pipeline.defs.partitions import PARTITIONS_NAME
 from fractal_pipeline.defs.resources import RenderBackendResource
@@ -307,6 +308,44 @@ def test_a_chunk_that_keeps_failing_fails_only_its_unreported_keys(
     assert sorted(client.invocations) == sorted([*chunks, [crash_key]])
     assert instance.get_materialized_partitions(dg.AssetKey("fractal_images")) == set(keys) - {crash_key}
     assert [c.passed for c in result.get_asset_check_evaluations()] == [False]
+
+
+class StoppingLambdaClient(SubprocessLambdaClient):
+    """Marks the running run CANCELING as its first invocation returns: a stop at a known point."""
+
+    def __init__(self, instance: dg.DagsterInstance) -> None:
+        super().__init__()
+        self.instance = instance
+        self.stopped = False
+
+    def invoke(self, **kwargs: Any) -> dict[str, Any]:
+        response = super().invoke(**kwargs)
+        with self._lock:
+            if not self.stopped:
+                self.stopped = True
+                (run,) = self.instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+                self.instance.report_run_canceling(run)
+        return response
+
+
+def test_a_run_stopped_mid_batch_records_every_png_its_invocations_stored(
+    aws_env: dict[str, str], instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cancel, "CANCEL_POLL_S", 0.0)  # the step sees the stop at its next outcome
+    endpoint, bucket = aws_env["AWS_ENDPOINT_URL"], aws_env["FRACTALS_BUCKET"]
+    assert materialize_specs(lambda_defs(SubprocessLambdaClient()), instance, count=6, seed=11, size=48).success
+    keys = list(instance.get_dynamic_partitions(PARTITIONS_NAME))
+    client = StoppingLambdaClient(instance)
+    result = materialize_images(lambda_defs(client, chunk_size=2, concurrency=2), instance, keys[0], keys[-1])
+    assert not result.success
+    assert instance.get_run_by_id(result.run_id).status == dg.DagsterRunStatus.CANCELED  # type: ignore[union-attr]
+    records = instance.fetch_materializations(dg.AssetKey("fractal_images"), limit=100).records
+    recorded = sorted(record.partition_key or "" for record in records)
+    # the stop came with a chunk's second PNG not yet handed to the step, and another invocation running
+    assert any("unreported" in record.asset_materialization.metadata for record in records)  # type: ignore[union-attr]
+    assert recorded == [
+        key.removeprefix("fractals/").removesuffix(".png") for key in _objects(endpoint, bucket, "fractals/")
+    ]
 
 
 def test_lambda_backend_needs_a_bucket_and_a_function(aws_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -244,9 +244,9 @@ class _Batch:
         """Record outcomes as they arrive; stops the workers at once if the run is asked to stop."""
         try:
             for outcome in outcomes:
+                yield from self._outcome(outcome)  # a PNG already stored is recorded, even by a run that is stopping
                 if self.cancel.requested():
                     break
-                yield from self._outcome(outcome)
             outcomes.close()  # stops the workers at once if the loop broke off
             yield from self.batcher.flush()
         except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
