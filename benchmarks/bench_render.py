@@ -132,13 +132,12 @@ def time_kinds(specs: list[FractalSpec], repeat: int) -> list[KindTiming]:
             pngs[spec.key] = render_png(spec)
             done = time.perf_counter()
             times = best[spec.key]
-            times[:] = [
-                min(t, (b - a) * 1000)
-                for t, (a, b) in zip(times, ((started, rendered), (rendered, encoded), (encoded, done)), strict=True)
-            ]
+            times[0] = min(times[0], (rendered - started) * 1000)
+            times[1] = min(times[1], (encoded - rendered) * 1000)
+            times[2] = min(times[2], (done - encoded) * 1000)
     timings = []
     for spec in specs:
-        image = render_indexed(spec)
+        image = render_indexed(spec)  # not kept from the rounds: held images would change what they measure
         info = PngImagePlugin.PngInfo()
         for keyword, value in spec_text(spec):
             info.add_text(keyword, value)
