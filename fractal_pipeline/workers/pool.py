@@ -246,9 +246,9 @@ def render_many(
     stopped at once. With ``heartbeat_s``, ``None`` is yielded whenever that long passes without an
     outcome (so the consumer can record what it buffers). Closing the generator stops the workers.
     ``started``: workers started ahead of the batch, used first when they fit it.
-    ``on_stop``: when the batch is stopped, called once its workers are gone with the keys they had
-    stored but not yet reported (a worker reports a whole chunk at once) and where each PNG is, so
-    that the caller can record every PNG the batch stored.
+    ``on_stop``: when the batch is stopped, called once its workers are gone with the keys whose PNGs
+    are stored but were not yielded (a worker reports a whole chunk at once; a consumer may stop in the
+    middle of one) and where each PNG is, so that the caller can record every PNG the batch stored.
     """
     pending = list(dict.fromkeys(keys))
     if not pending:
@@ -283,6 +283,8 @@ class _Batch:
         self.chunks: deque[list[str]] = deque()
         self.attempts: dict[str, int] = {}
         self.busy: list[Worker] = []
+        #: A report received and not yet all yielded: a consumer that stops mid-report leaves the rest here.
+        self.unyielded: deque[tuple[str, Outcome | RenderedSpec]] = deque()
 
     def run(
         self,
@@ -336,7 +338,9 @@ class _Batch:
             yield from self._retry_after_death(worker)
             return
         self._hand_out(worker)  # its next chunk first: it renders while this process records
-        for key, outcome in reports:
+        self.unyielded.extend(reports)
+        while self.unyielded:
+            key, outcome = self.unyielded.popleft()
             yield self._store_here(key, outcome) if isinstance(outcome, RenderedSpec) else outcome
 
     def _store_here(self, key: str, rendered: RenderedSpec) -> Outcome:
@@ -367,9 +371,16 @@ class _Batch:
     def _stop_all(self) -> None:
         workers, self.busy = self.busy, []
         stop_processes([worker.process for worker in workers], self.store_config)
+        if self.on_stop is None:
+            return
+        # Stored and not yielded: the rest of a report the consumer stopped in, and (where the workers
+        # store) the PNGs of chunks not yet reported. A PNG handed back to be stored here never was.
+        stored = {key: outcome.location for key, outcome in self.unyielded if isinstance(outcome, RenderResult)}
         unreported = [key for worker in workers for key in worker.keys]
-        if unreported and self.worker_store is not None and self.on_stop is not None:
-            self.on_stop(stored_locations(self.worker_store, unreported))
+        if unreported and self.worker_store is not None:
+            stored.update(stored_locations(self.worker_store, unreported))
+        if stored:
+            self.on_stop(stored)
 
 
 def stored_locations(store_config: StoreConfig, keys: list[str]) -> dict[str, str]:

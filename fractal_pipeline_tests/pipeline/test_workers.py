@@ -257,7 +257,7 @@ def test_asked_to_stop_the_workers_stop_at_once_and_leave_no_partial_png(tmp_pat
         assert (tmp_path / "fractals" / f"{key}.png").read_bytes() == render_png(FractalSpec.from_key(key))
 
 
-@pytest.mark.parametrize("how", ["asked to stop", "closed"])
+@pytest.mark.parametrize("how", ["asked to stop", "closed", "closed mid-report"])
 def test_a_stopped_batch_names_the_pngs_its_workers_stored_and_had_not_reported(tmp_path: Path, how: str) -> None:
     keys = [spec.key for spec in random_specs(200, seed=6, palette=None, size=1024)]
     folder = tmp_path / "fractals"
@@ -278,7 +278,8 @@ def test_a_stopped_batch_names_the_pngs_its_workers_stored_and_had_not_reported(
     for outcome in outcomes:
         if isinstance(outcome, RenderResult):
             reported.add(outcome.key)
-        if how == "closed" and unreported_png():
+        # "closed mid-report": after the first PNG of the first report, the rest of that chunk not yet yielded
+        if (how == "closed" and unreported_png()) or (how == "closed mid-report" and reported):
             outcomes.close()  # what the step does when its run is interrupted
             break
     stored = {path.stem for path in folder.glob("*.png")}
