@@ -71,7 +71,7 @@ def resources_for(deployment: str) -> Mapping[str, Any]:
             "FRACTALS_LAMBDA_FUNCTION: the 'aws' deployment renders on Lambda; set it to the render "
             "function's name (`fractal-pipeline deploy` prints it)"
         )
-    # dagster_aws costs ~1 s of import: only deployments with a bucket load it (every run's process pays).
+    # dagster_aws is slow to import: only deployments with a bucket load it (every run's process pays).
     from dagster_aws.s3 import S3PickleIOManager, S3Resource
 
     endpoint = endpoint_from_env()

@@ -14,7 +14,7 @@ render_job = dg.define_asset_job(
     RENDER_JOB_NAME,
     selection=[fractal_images],
     # One step whose work is already parallel (a process pool inside it): running the step in the
-    # run's own process saves a second Python start (~3 s) per run.
+    # run's own process saves a second Python start (importing Dagster and the definitions) per run.
     executor_def=dg.in_process_executor,
     description="Render a range of fractal_specs partitions in one run (launched by the sensors).",
 )

@@ -1,11 +1,11 @@
 """Keep the C allocator from handing each render's buffers back to the kernel.
 
-A 1024 px render allocates ~10 MB of short-lived numpy and Pillow buffers of
-1-2 MB. glibc serves blocks that size with ``mmap`` (or trims the heap top after
+A 1024 px render allocates short-lived numpy and Pillow buffers of a megabyte
+or two. glibc serves blocks that size with ``mmap`` (or trims the heap top after
 them) and returns the memory on ``free``, so the next render touches fresh pages:
-~370 page faults per render, ~0.35 s of kernel time per 500 renders, and
-render times that vary by ~10 % between otherwise identical processes with the
-allocator's adaptive threshold. With fixed, larger thresholds the freed buffers
+hundreds of page faults per render, kernel time on every render, and render
+times that differ between otherwise identical processes with the allocator's
+adaptive threshold. With fixed, larger thresholds the freed buffers
 are reused. Processes that render many specs (pool workers, the Lambda handler)
 call :func:`tune_allocator` once; ``benchmarks/bench_pipeline.py`` reports
 a plain render loop with and without it.

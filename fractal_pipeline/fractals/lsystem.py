@@ -18,7 +18,7 @@ def expand(lsys: LSystem, depth: int) -> bytes:
 
     Each rewrite is a 1:1 ``bytes.translate`` of every rewritten symbol to a
     placeholder byte, then one ``bytes.replace`` per rule: all C-speed copies
-    (dragon at depth 20, 3M symbols, expands in ~40 ms). Symbols that only
+    (dragon at depth 20, 3M symbols, expands in a fraction of its render). Symbols that only
     rewrite are dropped at the end.
     """
     symbols = sorted(lsys.rules)

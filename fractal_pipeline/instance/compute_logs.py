@@ -66,9 +66,8 @@ class ThreadMirroredComputeLogManager(LocalComputeLogManager):
 
     The stock manager mirrors each of stdout and stderr with a ``tail -F`` process and a
     Python watcher process that kills ``tail`` if the step's process dies: four processes
-    per step, ~50 ms of CPU to start and up to ~40 ms to stop at the end of each step, taken
-    from the render workers when they use every CPU. A thread ends with its process, so
-    there is nothing to watch.
+    per step, whose start and stop take CPU from the render workers when they use every CPU.
+    A thread ends with its process, so there is nothing to watch.
     """
 
     @classmethod

@@ -6,9 +6,9 @@ when the PNG is stored). Dagster's ``SqliteEventLogStorage`` opens a new
 SQLAlchemy engine and SQLite connection for every write and closes it after:
 each event pays for a connect, a statement compile (SQLAlchemy's compiled
 cache lives on the engine, which is thrown away), a WAL checkpoint when the
-last connection closes and a schema reflection. That is ~16 ms of the step's
-own CPU per event, which made the event log, not rendering, the bottleneck
-(500 partitions: ~16 s of bookkeeping for ~12 s of rendering).
+last connection closes and a schema reflection. That costs more of the
+step's CPU per event than rendering a 1024 px spec, so the event log, not
+rendering, would bound a batch.
 
 :class:`PooledSqliteEventLogStorage` is the same storage with the same files
 and schema (an instance can switch back and forth), except that:
@@ -29,8 +29,8 @@ and schema (an instance can switch back and forth), except that:
 :class:`PooledSqliteStorage` is ``storage: sqlite`` with that event log; the
 CLI writes it into the ``dagster.yaml`` it creates (:func:`fractal_pipeline.instance.home.instance_yaml`),
 with :class:`fractal_pipeline.instance.compute_logs.ThreadMirroredComputeLogManager` for the steps' captured output.
-About 4 ms per partition instead of ~30 (``benchmarks/bench_pipeline.py``
-prints both).
+``benchmarks/bench_pipeline.py`` times a run on it and on Dagster's stock storage
+(docs/performance.md has the figures).
 """
 
 import contextlib
@@ -235,15 +235,14 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         """Start a new run database as a copy of an empty one, instead of building it; True if this
         call created it.
 
-        Building a run database (tables, indexes, alembic stamp) costs ~0.25 s
-        in a fresh process, mostly alembic loading its scripts: on every run. The
+        Building a run database (tables, indexes, alembic stamp) takes longer than
+        creating the run itself, mostly alembic loading its scripts: on every run. The
         template (``.run-shard-<alembic head>.sqlite`` beside the run databases,
         not a ``*.db`` so Dagster never takes it for a run) is built that way
-        once per Dagster schema version; copying it takes a millisecond. A copy
+        once per Dagster schema version, and copying it is a single file copy. A copy
         made here is at the head revision (the template's name says so), so the
         base class's revision check, which loads every alembic script again,
-        is skipped for it (a 500-partition run reached its render loop in
-        0.18 s instead of 0.36 s). A database another process made first, or
+        is skipped for it. A database another process made first, or
         any failure here, leaves the base class to check or build it as usual.
         """
         part = f"{path}.{os.getpid()}-{threading.get_ident()}.part"

@@ -213,7 +213,7 @@ class _Tick:
         cursor and whether every listed file was handled (none left for the next tick)."""
         server_now = _server_time(s3)  # before listing: anything not listed yet was stamped after it - SETTLE
         try:
-            from dagster_aws.s3.sensor import get_objects  # ~1 s of import; only where a bucket is watched
+            from dagster_aws.s3.sensor import get_objects  # slow to import; only where a bucket is watched
 
             listed = get_objects(self.bucket, self.prefix, since_last_modified=self.cursor.since(), client=self.client)
         except Exception as exc:
