@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -61,8 +68,9 @@ def ensure_dagster_home() -> Path:
     try:
         home.mkdir(parents=True, exist_ok=True)
         config = home / "dagster.yaml"
-        if not config.exists() or config.read_text() == LEGACY_DAGSTER_YAML:
-            config.write_text(instance_yaml(home))
+        with first_use_lock(home):
+            if not config.exists() or config.read_text() == LEGACY_DAGSTER_YAML:
+                config.write_text(instance_yaml(home))
     except OSError as exc:
         raise HomeError(
             f"DAGSTER_HOME: cannot use {home} ({exc.strerror or exc}); point DAGSTER_HOME at a writable folder"
@@ -71,6 +79,38 @@ def ensure_dagster_home() -> Path:
         raise HomeError(f"DAGSTER_HOME: {home} is not writable; point DAGSTER_HOME at a writable folder")
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+#: The databases Dagster creates on a home's first use (SQLite storage); once all exist, no lock is taken.
+FIRST_USE_FILES = ("history/runs.db", "history/runs/index.db", "schedules/schedules.db")
+
+#: The lock file, in the home, of its first use.
+FIRST_USE_LOCK = ".fractal_pipeline-first-use.lock"
+
+
+@contextlib.contextmanager
+def first_use_lock(home: Path) -> Iterator[None]:
+    """Hold the home's lock while its ``dagster.yaml`` is written or its instance loaded, until the home's
+    databases exist.
+
+    Dagster creates a home's SQLite databases, and stamps their schema version, on first use. Two
+    commands doing that at once on a new home can stamp a database twice, which leaves it unreadable
+    for good ("more than one head"); one command at a time does it once. A home whose databases exist,
+    or one this user cannot write (it cannot be set up either), takes no lock.
+    """
+    if fcntl is None or all((home / name).exists() for name in FIRST_USE_FILES):
+        yield
+        return
+    try:
+        fd = os.open(home / FIRST_USE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def one_line(exc: BaseException) -> str:
@@ -92,6 +132,7 @@ def load_instance(home: Path) -> dg.DagsterInstance:
     import dagster as dg
 
     try:
-        return dg.DagsterInstance.from_config(str(home))
+        with first_use_lock(home):
+            return dg.DagsterInstance.from_config(str(home))
     except Exception as exc:  # YAML, config schema, storage class or database: all mean the home is unusable
         raise unusable_home(home, exc) from None
