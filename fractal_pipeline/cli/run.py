@@ -213,7 +213,10 @@ class _Batch:
                 )
         elapsed = time.monotonic() - started
         term.err.print(
-            Text(f"stored in {self.store_config.description} in {elapsed:.1f} s; DAGSTER_HOME={self.home}"),
+            Text(
+                f"{len(stored)} of {len(keys)} PNGs stored in {self.store_config.description} in {elapsed:.1f} s; "
+                f"DAGSTER_HOME={self.home}"
+            ),
             soft_wrap=True,
         )
         if missing:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fractal_pipeline.store.base import FractalStore
 from fractal_pipeline.store.config import StoreConfig, StoreError
-from fractal_pipeline.store.keys import validate_object_key
+from fractal_pipeline.store.keys import COLLAGES_PREFIX, IMAGES_PREFIX, SPECS_PREFIX, validate_object_key
 
 
 @functools.cache
@@ -19,6 +19,10 @@ def _new_file_mode() -> int:
     umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
     os.umask(umask)
     return 0o666 & ~umask
+
+
+#: The folders of the store's keys (:mod:`fractal_pipeline.store.keys`).
+KEY_FOLDERS = (IMAGES_PREFIX, COLLAGES_PREFIX, SPECS_PREFIX)
 
 
 class LocalStore(FractalStore):
@@ -67,15 +71,21 @@ class LocalStore(FractalStore):
         return self._path(key).is_file()
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        base = self.root
+        # Only the prefix's folder is walked: FRACTALS_DIR may be a folder that holds much else (a home folder).
+        base = self.root / prefix.rpartition("/")[0]
         if not base.is_dir():
             return
         found = []
-        for path in base.rglob("*"):
-            if path.is_file() and not path.name.startswith(".tmp-"):
-                key = path.relative_to(base).as_posix()
-                if key.startswith(prefix):
-                    found.append(key)
+        try:
+            for path in base.rglob("*"):
+                if path.is_file() and not path.name.startswith(".tmp-"):
+                    key = path.relative_to(self.root).as_posix()
+                    if key.startswith(prefix):
+                        found.append(key)
+        except OSError as exc:
+            raise StoreError(
+                f"FRACTALS_DIR: cannot read {exc.filename or base}: {exc.strerror}; point it at a readable folder"
+            ) from exc
         yield from sorted(found)
 
     def delete(self, key: str) -> None:
@@ -84,9 +94,12 @@ class LocalStore(FractalStore):
     def remove_partials(self, writer_pids: set[int]) -> int:
         """Delete temp files left by the given (dead) writer processes; returns how many."""
         removed = 0
-        if self.root.is_dir():
+        for prefix in KEY_FOLDERS:  # a temp file sits beside the object it becomes: in one of the key folders
+            folder = self.root / prefix
+            if not folder.is_dir():
+                continue
             for pid in writer_pids:
-                for path in self.root.rglob(f".tmp-{pid}-*.part"):
+                for path in folder.rglob(f".tmp-{pid}-*.part"):
                     path.unlink(missing_ok=True)
                     removed += 1
         return removed
@@ -101,5 +114,19 @@ class LocalStore(FractalStore):
             raise StoreError(
                 f"FRACTALS_DIR: cannot create {self.root}: {exc.strerror}; point it at a writable folder"
             ) from exc
-        if not os.access(self.root, os.W_OK):
-            raise StoreError(f"FRACTALS_DIR: {self.root} is not writable; point it at a writable folder")
+        images = self.root / IMAGES_PREFIX
+        if images.exists() and not images.is_dir():
+            raise StoreError(
+                f"FRACTALS_DIR: {images} is a file, not a folder; move it away or point FRACTALS_DIR at another folder"
+            )
+        # What a PNG's write does, in the folder it lands in (or the one that folder is made in): a folder
+        # can exist and refuse new files. Nothing is left behind, and a dry run creates no folder.
+        folder = images if images.is_dir() else self.root
+        try:
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=f".tmp-{os.getpid()}-", suffix=".part")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise StoreError(
+                f"FRACTALS_DIR: cannot write in {folder}: {exc.strerror}; point it at a writable folder"
+            ) from exc

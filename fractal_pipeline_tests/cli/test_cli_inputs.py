@@ -129,6 +129,11 @@ CASES = {
     "FRACTALS_DIR under a file": Case(
         ["run"], "FRACTALS_DIR: cannot create /etc/hostname/x", env={"FRACTALS_DIR": "/etc/hostname/x"}
     ),
+    # a folder that exists and lets nothing be made in it: the store check says so before any run
+    "FRACTALS_DIR a folder that refuses new files": Case(
+        ["run"], "FRACTALS_DIR: cannot write in /sys/kernel", env={"FRACTALS_DIR": "/sys/kernel"}
+    ),
+    "FRACTALS_DIR /proc": Case(["run"], "FRACTALS_DIR: cannot write in /proc", env={"FRACTALS_DIR": "/proc"}),
     # S3 settings
     "bucket name invalid": Case(
         ["run"],

@@ -150,3 +150,21 @@ def test_local_store_refuses_keys_that_collide_with_folders_and_files(tmp_path: 
         "store/a/b",
         "store/a/b/c.png",
     ]
+
+
+def test_local_store_checks_and_lists_only_its_key_folders(tmp_path: Path) -> None:
+    """FRACTALS_DIR may be a folder that holds much else: listing the PNGs walks only ``fractals/``, and
+    the check fails in one line when ``fractals`` cannot hold them."""
+    # /proc holds entries no one may read (another process's cwd): walking it would fail or never end
+    assert list(LocalStore("/proc").list("fractals/")) == []
+    (tmp_path / "fractals").write_bytes(b"not a folder")
+    with pytest.raises(StoreError, match=r"^FRACTALS_DIR: .*/fractals is a file, not a folder; move it away"):
+        LocalStore(tmp_path).check()
+    assert list(LocalStore(tmp_path).list("fractals/")) == []
+    store = LocalStore(tmp_path / "home")
+    store.check()
+    (tmp_path / "home" / "notes").mkdir()
+    (tmp_path / "home" / "notes" / "fractals-list.png").write_bytes(b"x")
+    store.put(image_key("crystal_4-64px-mono"), b"png")
+    assert list(store.list("fractals/")) == [image_key("crystal_4-64px-mono")]
+    assert [p.name for p in (tmp_path / "home" / "fractals").iterdir()] == ["crystal_4-64px-mono.png"]
