@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,13 +12,24 @@ from fractal_pipeline.cli.common import read_instance, resolve_run
 from fractal_pipeline.cli.console import fail
 from fractal_pipeline.defs import tags
 
+if TYPE_CHECKING:
+    import dagster as dg
+
+#: How long ``--force`` lets a run that is still executing stop by itself before it marks it CANCELED.
+FORCE_GRACE_S = 5.0
+
 
 def cancel_command(
     run_id: Annotated[str, typer.Argument(help="Run id or a unique prefix of it (see `fractal-pipeline runs`)")],
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait until the run has stopped")] = True,
     timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for the run to stop")] = 30.0,
     force: Annotated[
-        bool, typer.Option("--force", help="Only mark the run canceled; its processes are not stopped")
+        bool,
+        typer.Option(
+            "--force",
+            help=f"For a run no launcher can reach: mark it CANCELING (a run executing in `fractal-pipeline run` "
+            f"stops, as on Ctrl-C), then CANCELED if it has not stopped within {FORCE_GRACE_S:g} s",
+        ),
     ] = False,
 ) -> None:
     """Stop a queued or running run as the UI's Terminate button does, and wait until it has stopped.
@@ -42,8 +53,10 @@ def cancel_command(
     if run.is_finished:
         raise fail(f"run {short} already {run.status.value}; nothing to cancel")
     started = time.monotonic()
-    if force or run.status == dg.DagsterRunStatus.NOT_STARTED:  # never launched: nothing to stop
+    if run.status == dg.DagsterRunStatus.NOT_STARTED:  # never launched: nothing to stop
         instance.report_run_canceled(run, message="Marked canceled by `fractal-pipeline cancel`.")
+    elif force:
+        _force(instance, run)
     elif (
         isinstance(instance.run_launcher, dg.DefaultRunLauncher)
         and run.status in (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
@@ -52,7 +65,7 @@ def cancel_command(
         raise fail(
             f"run {short} executes inside the process that started it (`fractal-pipeline run`, "
             "`dagster asset materialize`), not on a code server: press Ctrl-C there, "
-            f"or `fractal-pipeline cancel {short} --force` to only mark it canceled"
+            f"or `fractal-pipeline cancel {short} --force` (asks it to stop, then marks it canceled)"
         )
     else:
         reason = "the run launcher could not reach it"
@@ -80,3 +93,22 @@ def cancel_command(
         )
     else:
         term.console.print(f"run {short} {run.status.value}: termination requested", highlight=False)
+
+
+def _force(instance: dg.DagsterInstance, run: dg.DagsterRun) -> None:
+    """Mark ``run`` CANCELING, and CANCELED unless it stops by itself within :data:`FORCE_GRACE_S`.
+
+    A run still executing watches for CANCELING and ends itself CANCELED with what it stored. Marked
+    CANCELED at once instead, it would still end its step, and Dagster would then record it FAILURE.
+    """
+    import dagster as dg
+
+    if run.status != dg.DagsterRunStatus.CANCELING:
+        instance.report_run_canceling(run, message="Asked to stop by `fractal-pipeline cancel --force`.")
+    deadline = time.monotonic() + FORCE_GRACE_S
+    while time.monotonic() < deadline:
+        current = instance.get_run_by_id(run.run_id)
+        if current is None or current.is_finished:
+            return
+        time.sleep(0.2)
+    instance.report_run_canceled(run, message="Marked canceled by `fractal-pipeline cancel --force`.")

@@ -182,3 +182,46 @@ def test_cancel_queued_unlaunched_finished_in_process_and_unknown_runs(tmp_path:
     with dg.DagsterInstance.from_config(str(home)) as instance:
         statuses = {run_id: instance.get_run_by_id(run_id).status for run_id in (queued, unlaunched, in_process)}  # type: ignore[union-attr]
     assert set(statuses.values()) == {dg.DagsterRunStatus.CANCELED}
+
+
+def test_cancel_force_stops_a_run_executing_in_fractal_pipeline_run_and_it_stays_canceled(tmp_path: Path) -> None:
+    """`cancel --force` on a run that is still executing (in `fractal-pipeline run`): the run stops as on
+    Ctrl-C and ends CANCELED, with every stored PNG materialized; its process does not turn it into FAILURE."""
+    home = tmp_path / "home"
+    env = _env(home)
+    folder = tmp_path / "fractals"
+    env["FRACTALS_DIR"] = str(folder)
+    run = subprocess.Popen(
+        [BIN / "fractal-pipeline", "run", "--count", "60", "--size", "4096", "--seed", "5", "--workers", "1",
+         "--no-collage", "--yes"],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while len(list((folder / "fractals").glob("*.png"))) < 2:  # the known point: the images run is storing
+            assert run.poll() is None, run.communicate()
+            assert time.monotonic() < deadline, "no PNG was stored"
+            time.sleep(0.1)
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            (images,) = [r for r in instance.get_runs() if r.status == dg.DagsterRunStatus.STARTED]
+        code, out, err = _invoke(home, "cancel", images.run_id[:8], "--force")
+        assert code == 0 and out.startswith(f"run {images.run_id[:8]} CANCELED after "), (out, err)
+        _, stderr = run.communicate(timeout=120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(10)
+    assert run.returncode == 1 and "run canceled: " in stderr.splitlines()[-1], stderr
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        final = instance.get_run_by_id(images.run_id)
+        assert final is not None and final.status == dg.DagsterRunStatus.CANCELED
+        kinds = [
+            r.event_log_entry.dagster_event.event_type_value
+            for r in instance.get_records_for_run(images.run_id, limit=100_000).records
+            if r.event_log_entry.dagster_event is not None
+        ]
+        materialized = instance.get_materialized_partitions(dg.AssetKey("fractal_images"))
+    assert dg.DagsterEventType.RUN_FAILURE.value not in kinds
+    assert kinds.count(dg.DagsterEventType.RUN_CANCELED.value) == 1
+    stored = {p.name for p in (folder / "fractals").glob("*.png")}
+    assert {f"{key}.png" for key in materialized} == stored  # every stored PNG is recorded, none without its PNG
