@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.text import Text
@@ -23,6 +23,9 @@ from fractal_pipeline.cli.fmt import (
     seconds,
     status,
 )
+
+if TYPE_CHECKING:
+    from fractal_pipeline.inspect.timeline import Timeline
 
 
 def runs_command(
@@ -135,23 +138,34 @@ def events_command(
                 for event in lane.events:
                     add_row(table, offset(event.t), event.event, event.subject, ms(event.duration_ms))
                 term.console.print(table)
-        workers = timeline.render_lanes
-        if workers:
-            work_s = sum(lane.busy_s for lane in workers)
-            span = max(lane.end for lane in workers) - min(lane.start for lane in workers)
-            term.console.print(
-                f"{len(workers)} render workers, {sum(lane.partitions for lane in workers)} PNGs, "
-                f"peak {timeline.peak_parallel} working at once, {work_s:.3f} s of work in {span:.3f} s "
-                "from the first worker start to the last put",
-                highlight=False,
-            )
-        elif "fractal_images" in info.assets:
-            term.console.print(
-                "no render worker reported timings in this run: it rendered nothing, "
-                "or stopped before any worker reported",
-                highlight=False,
-            )
-        else:
-            term.console.print("no render workers in this run (only fractal_images runs render)", highlight=False)
+        _print_workers_summary(timeline)
         term.console.print(Text(prediction["line"]), highlight=False, soft_wrap=True)
     note_run_state(info, run_log_lines(instance, full_id) if info.status == "FAILURE" else ())
+
+
+def _print_workers_summary(timeline: Timeline) -> None:
+    """The line under a run's timelines: its render workers and PNGs, or why it has none."""
+    workers = timeline.render_lanes
+    unreported = (
+        f"{timeline.unreported} PNGs stored by workers stopped before they reported them (no timings)"
+        if timeline.unreported
+        else ""
+    )
+    if workers:
+        work_s = sum(lane.busy_s for lane in workers)
+        span = max(lane.end for lane in workers) - min(lane.start for lane in workers)
+        term.console.print(
+            f"{len(workers)} render workers, {sum(lane.partitions for lane in workers)} PNGs, "
+            f"peak {timeline.peak_parallel} working at once, {work_s:.3f} s of work in {span:.3f} s "
+            "from the first worker start to the last put" + (f"; {unreported}" if unreported else ""),
+            highlight=False,
+        )
+    elif unreported:
+        term.console.print(f"no render worker reported timings in this run; {unreported}", highlight=False)
+    elif "fractal_images" in timeline.run.assets:
+        term.console.print(
+            "no render worker reported timings in this run: it rendered nothing, or stopped before any worker reported",
+            highlight=False,
+        )
+    else:
+        term.console.print("no render workers in this run (only fractal_images runs render)", highlight=False)

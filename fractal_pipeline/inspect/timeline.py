@@ -54,6 +54,8 @@ class Timeline:
     events: tuple[TimelineEvent, ...] = field(repr=False)
     busy_workers: tuple[int, ...] = field(repr=False)
     peak_parallel: int = 0
+    #: PNGs stored by workers that were stopped before they reported them: materialized, without timings.
+    unreported: int = 0
 
     @property
     def render_lanes(self) -> list[WorkerLane]:
@@ -64,6 +66,7 @@ class Timeline:
             "run": self.run.to_json(),
             "origin": self.origin,
             "peak_parallel_workers": self.peak_parallel,
+            "unreported_pngs": self.unreported,
             "workers": [{key: value for key, value in asdict(lane).items() if key != "events"} for lane in self.lanes],
             "events": [
                 {**asdict(event), "busy_workers": busy}
@@ -130,7 +133,12 @@ def _step_event(entry: Any, step_starts: dict[str, float]) -> tuple[str, str, fl
         asset = event.asset_key.to_user_string() if event.asset_key else step
         materialization = event.step_materialization_data.materialization
         # a stored partition the run skipped, recorded again so that its failure does not mark it failed
-        label = "kept (skipped)" if "skipped" in materialization.metadata else "materialized"
+        if "skipped" in materialization.metadata:
+            label = "kept (skipped)"
+        elif "unreported" in materialization.metadata:  # stored by a worker stopped before it reported it
+            label = "materialized (unreported)"
+        else:
+            label = "materialized"
         return label, event.partition or asset, None
     if event.event_type == kind.ASSET_CHECK_EVALUATION:
         data = event.asset_check_evaluation_data
@@ -146,6 +154,7 @@ def run_timeline(instance: dg.DagsterInstance, run_id: str) -> Timeline:
     entries = sorted(instance.all_logs(run_id), key=lambda entry: entry.timestamp)
     origin = run_origin(instance, run_id, entries)
     items: list[WorkItem] = []
+    unreported = 0
     process_events: dict[str, list[TimelineEvent]] = {}
     step_starts: dict[str, float] = {}
     for entry in entries:
@@ -157,6 +166,7 @@ def run_timeline(instance: dg.DagsterInstance, run_id: str) -> Timeline:
             item = WorkItem.from_metadata(event.partition, materialization.metadata)
             if item is not None:
                 items.append(item)
+            unreported += "unreported" in materialization.metadata
         shown = _step_event(entry, step_starts)
         if shown is None:
             continue
@@ -190,4 +200,5 @@ def run_timeline(instance: dg.DagsterInstance, run_id: str) -> Timeline:
         events=tuple(ordered),
         busy_workers=tuple(busy_counts(intervals, [event.at for event in ordered])),
         peak_parallel=peak_parallel(intervals),
+        unreported=unreported,
     )
