@@ -44,9 +44,7 @@ def runs_command(
     rows: list[list[str | Text]] = []
     for run in runs:
         duration = seconds(run.duration())
-        partitions = run.partitions
-        if run.partition_count and "..." in partitions:
-            partitions += f" ({run.partition_count})"
+        partitions = run.partitions_label
         rows.append(
             [
                 run.short_id,

@@ -27,8 +27,12 @@ def prediction_vs_actual(instance: dg.DagsterInstance, run_id: str, timeline: Ti
     wall_s = max(lane.end for lane in lanes) - min(lane.start for lane in lanes) if lanes else None
     if predicted is None:
         return {"line": NO_PREDICTION, "predicted_render_s": None, "actual_render_s": round(actual_s, 3)}
+    line = predicted.compared(actual_s, wall_s)
+    if timeline.run.status in ("CANCELED", "CANCELING"):  # the prediction is for the whole batch
+        rendered = sum(lane.partitions for lane in lanes)
+        line += f" (canceled: actual covers only the {rendered} PNGs rendered before it stopped)"
     return {
-        "line": predicted.compared(actual_s, wall_s),
+        "line": line,
         "predicted_render_s": predicted.render_s,
         "predicted_wall_s": predicted.wall_s,
         "predicted_cost_usd": predicted.cost_usd,

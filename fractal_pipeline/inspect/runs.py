@@ -48,6 +48,17 @@ class RunInfo:
     partition_count: int | None
     source: str
     finished: bool
+    #: Partitions of the range the run was to render (config ``only``); None: all of them.
+    partitions_selected: int | None = None
+
+    @property
+    def partitions_label(self) -> str:
+        """``first...last (N)``, or ``(K of N)`` when the run was to render only K of the range's N."""
+        if not self.partition_count or "..." not in self.partitions:
+            return self.partitions
+        if self.partitions_selected is not None and self.partitions_selected != self.partition_count:
+            return f"{self.partitions} ({self.partitions_selected} of {self.partition_count})"
+        return f"{self.partitions} ({self.partition_count})"
 
     @property
     def short_id(self) -> str:
@@ -126,7 +137,17 @@ def _run_info(record: Any, order: Mapping[str, int]) -> RunInfo:
         partition_count=_range_size(partitions, order),
         source=run_source(run.tags),
         finished=run.is_finished,
+        partitions_selected=_selected(run.run_config),
     )
+
+
+def _selected(run_config: Mapping[str, Any]) -> int | None:
+    """How many partitions an images run's config ``only`` selects; None without it."""
+    try:
+        only = run_config["ops"]["fractal_images"]["config"]["only"]
+    except (KeyError, TypeError):
+        return None
+    return len(only) if isinstance(only, list) else None
 
 
 def list_runs(instance: dg.DagsterInstance, limit: int = 20) -> list[RunInfo]:

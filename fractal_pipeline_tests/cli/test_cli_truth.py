@@ -209,6 +209,8 @@ def test_gaps_apart_are_one_run_that_skips_the_stored_partitions_between_them(tm
     assert failed_partitions(home) == {order[8]}
     assert "5 partitions of its range skipped" in result.stderr
     assert cli(["events", run.run_id], env).stdout.count("kept (skipped)") == 5
+    listed = cli(["runs"], env).stdout  # the range holds 7 partitions (order[2]...order[8]); the run rendered 2
+    assert f"{order[2]}...{order[8]} (2 of 7)" in listed, listed
 
 
 @pytest.mark.reliability(
@@ -321,6 +323,7 @@ def test_an_interrupted_run_stops_cleanly_and_resumes(
     timed = re.search(r"render workers, (\d+) PNGs,", events.stdout)
     unreported = re.search(r"(\d+) PNGs stored by workers stopped before they reported them", events.stdout)
     assert (int(timed.group(1)) if timed else 0) + (int(unreported.group(1)) if unreported else 0) == len(stored)
+    assert f"(canceled: actual covers only the {int(timed.group(1)) if timed else 0} PNGs rendered" in events.stdout
 
     command = re.search(r"`(fractal-pipeline run [^`]*)` renders the other (\d+)", line)
     assert command and int(command.group(2)) == 60 - len(stored)
