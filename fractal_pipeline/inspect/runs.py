@@ -31,6 +31,10 @@ def open_instance(home: Path) -> dg.DagsterInstance:
         raise ObservabilityError(
             f"DAGSTER_HOME: no Dagster instance at {home}; run `fractal-pipeline run` first or set DAGSTER_HOME"
         )
+    if not (home / "dagster.yaml").exists() and not (home / "history" / "runs.db").exists():
+        # A folder nothing has used yet: read it as an empty instance, rather than have Dagster create
+        # its databases (and warn that it found no dagster.yaml) for a command that only reads.
+        return dg.DagsterInstance.ephemeral()
     return dg.DagsterInstance.from_config(str(home))
 
 

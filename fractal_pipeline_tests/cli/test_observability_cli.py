@@ -322,6 +322,9 @@ def test_empty_or_missing_instance_is_one_clear_line(tmp_path: Path) -> None:
     assert err.strip() == f"no runs in {empty} yet; start one with `fractal-pipeline run` or `dagster dev`"
     code, out, err = _invoke(empty, "events", "abc123")
     assert code == 2 and "no runs in this instance yet" in err and err.strip().count("\n") == 0
+    listed = _cli(["runs"], {**_env(tmp_path / "other"), "DAGSTER_HOME": str(empty)})  # as a user runs it
+    assert listed.returncode == 0 and listed.stderr.strip().count("\n") == 0, listed.stderr
+    assert list(empty.iterdir()) == []  # reading created nothing
     missing = tmp_path / "missing"
     code, out, err = _invoke(missing, "logs", "abc123")
     assert code == 2 and f"no Dagster instance at {missing}" in err and err.strip().count("\n") == 0
