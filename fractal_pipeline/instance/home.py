@@ -114,8 +114,9 @@ def first_use_lock(home: Path) -> Iterator[None]:
 
 
 def one_line(exc: BaseException) -> str:
-    """An exception as one line: its type and its first 300 characters, whitespace folded."""
-    text = " ".join(str(exc).split())
+    """An exception as one line: its type and its first 300 characters, whitespace folded; without the
+    schema a Dagster config error appends (``Expected: "{...}"``), which names every field there is."""
+    text = " ".join(str(exc).split()).split(' Expected: "{', 1)[0]
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 

@@ -99,6 +99,12 @@ CASES = {
     "dagster.yaml corrupt (cancel)": Case(["cancel", "abc"], "cannot be loaded (", yaml=CORRUPT_YAML),
     "dagster.yaml names a missing class": Case(["run"], "no_such_module", yaml=MISSING_CLASS),
     "dagster.yaml of a wrong shape": Case(["runs"], "cannot be loaded (", yaml=BAD_SCHEMA),
+    "dagster.yaml with a misspelt key": Case(
+        ["runs"],
+        'Received unexpected config entry "storag" at the root.); fix ',
+        yaml="storag:\n  sqlite: {}\n",
+        absent="Expected",  # not Dagster's whole schema, cut off mid-line
+    ),
     # settings read when the definitions load
     "FRACTAL_DEPLOYMENT unknown": Case(
         ["run"], "FRACTAL_DEPLOYMENT: unknown deployment 'moon'", env={"FRACTAL_DEPLOYMENT": "moon"}
