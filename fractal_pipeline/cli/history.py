@@ -153,7 +153,8 @@ def _print_workers_summary(timeline: Timeline) -> None:
         work_s = sum(lane.busy_s for lane in workers)
         span = max(lane.end for lane in workers) - min(lane.start for lane in workers)
         term.console.print(
-            f"{len(workers)} render workers, {sum(lane.partitions for lane in workers)} PNGs, "
+            f"{len(workers)} render worker{'' if len(workers) == 1 else 's'}, "
+            f"{sum(lane.partitions for lane in workers)} PNGs, "
             f"peak {timeline.peak_parallel} working at once, {work_s:.3f} s of work in {span:.3f} s "
             "from the first worker start to the last put" + (f"; {unreported}" if unreported else ""),
             highlight=False,

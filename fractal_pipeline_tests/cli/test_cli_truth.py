@@ -320,7 +320,7 @@ def test_an_interrupted_run_stops_cleanly_and_resumes(
     # `events` counts them all: those with timings, and those stored by workers stopped before they reported.
     events = cli(["events", interrupted.run_id[:8]], cli_env(home))
     assert events.returncode == 0, events.stderr
-    timed = re.search(r"render workers, (\d+) PNGs,", events.stdout)
+    timed = re.search(r"render workers?, (\d+) PNGs,", events.stdout)
     unreported = re.search(r"(\d+) PNGs stored by workers stopped before they reported them", events.stdout)
     assert (int(timed.group(1)) if timed else 0) + (int(unreported.group(1)) if unreported else 0) == len(stored)
     assert f"(canceled: actual covers only the {int(timed.group(1)) if timed else 0} PNGs rendered" in events.stdout

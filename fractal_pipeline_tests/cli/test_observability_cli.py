@@ -165,7 +165,7 @@ def test_events_json_and_unified_show_overlapping_workers_and_each_put_once(reco
     assert Counter(row[3] for row in put_rows) == Counter(recorded.stored_keys)
     assert {row[1] for row in put_rows} == {worker["worker"] for worker in workers}
     assert max(int(row[5]) for row in rows) == data["peak_parallel_workers"] >= 1
-    assert f"{len(workers)} render workers, 6 PNGs" in out
+    assert f"{len(workers)} render worker{'' if len(workers) == 1 else 's'}, 6 PNGs" in out
 
     code, out, err = _invoke(recorded.home, "events", images_run[:8])
     assert code == 0, err
