@@ -192,6 +192,8 @@ class _Batch:
     def run(self) -> None:
         started = time.monotonic()
         keys, resume = self._specs()
+        if self.run_plan.over_budget is not None:  # this batch went ahead over the budget: so may its rerun
+            resume += " --yes"
         self._images(keys)
         stored = _stored(self.store, keys, self.seen_stored)
         for key in keys:

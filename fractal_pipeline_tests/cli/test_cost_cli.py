@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance
@@ -96,3 +98,21 @@ def test_bad_budget_and_json_without_dry_run_are_one_line(tmp_path: Path) -> Non
     assert len(lines) == 1 and "FRACTALS_MAX_BATCH_SECONDS: 'soon' is not a positive number" in lines[0]
     json_only = _run([*RUN, "--json"], _env(tmp_path))
     assert json_only.returncode == 2 and "--json: only with --dry-run" in json_only.stderr
+
+
+def test_the_command_that_fills_the_gaps_of_a_batch_over_the_budget_keeps_yes(tmp_path: Path) -> None:
+    env = {**_env(tmp_path), "FRACTALS_MAX_BATCH_SECONDS": "0.000001"}
+    folder = Path(env["DAGSTER_HOME"]) / "fractals" / "fractals"
+    assert _run([*RUN, "--yes"], env).returncode == 0
+    victim = sorted(folder.glob("*.png"))[0]
+    victim.unlink()
+    victim.mkdir()  # a folder stands where its PNG must go: that partition fails
+    failed = _run([*RUN, "--yes"], env)
+    assert failed.returncode == 1, failed.stderr
+    line = failed.stderr.strip().splitlines()[-1]
+    command = re.search(r"`(fractal-pipeline run [^`]*)` renders only those", line)
+    assert command and command.group(1).endswith(" --yes"), line
+    victim.rmdir()
+    again = _run([BIN / "fractal-pipeline", *shlex.split(command.group(1))[1:]], env)  # as printed
+    assert again.returncode == 0, again.stderr
+    assert victim.is_file()
