@@ -127,7 +127,7 @@ def _partition_order(instance: dg.DagsterInstance) -> dict[str, int]:
     return {key: index for index, key in enumerate(instance.get_dynamic_partitions(PARTITIONS_NAME))}
 
 
-def _run_info(record: Any, order: Mapping[str, int]) -> RunInfo:
+def _run_info(instance: dg.DagsterInstance, record: Any, order: Mapping[str, int]) -> RunInfo:
     run = record.dagster_run
     partitions = run_partitions(run.tags)
     return RunInfo(
@@ -136,13 +136,28 @@ def _run_info(record: Any, order: Mapping[str, int]) -> RunInfo:
         created=record.create_timestamp.timestamp(),
         start=record.start_time,
         end=record.end_time,
-        assets=tuple(sorted(key.to_user_string() for key in run.asset_selection or ())),
+        assets=_assets(instance, run),
         partitions=partitions,
         partition_count=_range_size(partitions, order),
         source=run_source(run.tags),
         finished=run.is_finished,
         partitions_selected=_selected(run.run_config),
     )
+
+
+def _assets(instance: dg.DagsterInstance, run: dg.DagsterRun) -> tuple[str, ...]:
+    """The assets a run materializes: its asset selection, or, for a run of an asset job launched by name (the
+    sensors' ``render_fractal_images``), the assets of its execution plan's steps."""
+    keys = set(run.asset_selection or ())
+    if not keys and run.execution_plan_snapshot_id:
+        plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+        keys = {
+            output.properties.asset_key
+            for step in plan.steps
+            for output in step.outputs
+            if output.properties is not None and output.properties.asset_key is not None
+        }
+    return tuple(sorted(key.to_user_string() for key in keys))
 
 
 def _selected(run_config: Mapping[str, Any]) -> int | None:
@@ -158,14 +173,14 @@ def list_runs(instance: dg.DagsterInstance, limit: int = 20) -> list[RunInfo]:
     """The ``limit`` most recent runs, newest first."""
     records = instance.get_run_records(limit=limit)
     order = _partition_order(instance) if records else {}
-    return [_run_info(record, order) for record in records]
+    return [_run_info(instance, record, order) for record in records]
 
 
 def run_info(instance: dg.DagsterInstance, run_id: str) -> RunInfo:
     record = instance.get_run_record_by_id(run_id)
     if record is None:
         raise ObservabilityError(f"run id: no run {run_id}")
-    return _run_info(record, _partition_order(instance))
+    return _run_info(instance, record, _partition_order(instance))
 
 
 _RUN_ID = re.compile(r"[0-9a-f-]+")

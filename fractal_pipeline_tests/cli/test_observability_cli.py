@@ -403,3 +403,33 @@ def test_a_png_the_step_wrote_is_its_workers_put_marked_with_the_writer() -> Non
             ("put", subject),
             ("stop", ""),
         ]
+
+
+def test_runs_and_events_name_the_assets_of_a_job_run_launched_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sensors launch `render_fractal_images` by job name: such a run has no asset selection, and is
+    still shown as a fractal_images run."""
+    from fractal_pipeline.definitions import build_definitions
+    from fractal_pipeline.defs.jobs import RENDER_JOB_NAME
+    from fractal_pipeline.defs.partitions import PARTITIONS_NAME
+    from fractal_pipeline.defs.tags import ASSET_PARTITION_RANGE_END, ASSET_PARTITION_RANGE_START
+    from fractal_pipeline.fractals import random_specs
+
+    home = tmp_path / "home"
+    _env(home)
+    monkeypatch.setenv("FRACTALS_DIR", str(tmp_path / "store"))
+    keys = [spec.key for spec in random_specs(2, seed=3, size=32)]
+    job = build_definitions("local").resolve_job_def(RENDER_JOB_NAME)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions(PARTITIONS_NAME, keys)
+        result = job.execute_in_process(
+            instance=instance, tags={ASSET_PARTITION_RANGE_START: keys[0], ASSET_PARTITION_RANGE_END: keys[-1]}
+        )
+        assert result.success and not result.dagster_run.asset_selection
+    code, out, err = _invoke(home, "runs")
+    assert code == 0 and "fractal_images" in out, (out, err)
+    code, out, err = _invoke(home, "events", result.run_id[:8], "--json")
+    assert code == 0 and json.loads(out)["run"]["assets"] == ["fractal_images"], err
+    code, out, err = _invoke(home, "events", result.run_id[:8])
+    assert code == 0 and "fractal_images" in out.splitlines()[0] and "2 PNGs" in out, (out, err)
