@@ -92,7 +92,13 @@ class S3Store(FractalStore):
         return ""
 
     def check(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            NoCredentialsError,
+            ParamValidationError,
+            PartialCredentialsError,
+        )
 
         where = f" at {self.config.endpoint_url}" if self.config.endpoint_url else ""
         invalid = StoreError(
@@ -107,6 +113,12 @@ class S3Store(FractalStore):
             raise StoreError(
                 "AWS_ACCESS_KEY_ID: no AWS credentials found; "
                 "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+            ) from exc
+        except PartialCredentialsError as exc:  # one of the pair set, the other missing or empty
+            missing = str(getattr(exc, "kwargs", {}).get("cred_var") or "aws_secret_access_key").upper()
+            raise StoreError(
+                f"{missing}: missing or empty while the other AWS key is set; "
+                "set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither"
             ) from exc
         except ClientError as exc:
             code = aws_error_code(exc) or "no error code"

@@ -158,6 +158,12 @@ CASES = {
         "MINIO_ENDPOINT: 'localhost:9000' is not an http(s) URL",
         env={"MINIO_ENDPOINT": "localhost:9000", "FRACTALS_BUCKET": "b"},
     ),
+    "AWS secret key empty": Case(
+        ["run"],
+        "AWS_SECRET_ACCESS_KEY: missing or empty while the other AWS key is set; set both",
+        s3=True,
+        env={"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": ""},
+    ),
     "MINIO_ENDPOINT unreachable": Case(
         ["run"],
         "MINIO_ENDPOINT: cannot reach S3 at http://127.0.0.1:9",
