@@ -68,17 +68,7 @@ def cancel_command(
             f"or `fractal-pipeline cancel {short} --force` (asks it to stop, then marks it canceled)"
         )
     else:
-        reason = "the run launcher could not reach it"
-        try:
-            requested = instance.run_coordinator.cancel_run(full_id)  # what the UI's Terminate calls
-        except Exception as exc:
-            requested = False
-            reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
-        if not requested and not current().is_finished:
-            raise fail(
-                f"run {short}: the termination request did not reach it ({reason}); if the process "
-                f"running it is gone, `fractal-pipeline cancel {short} --force` marks it canceled"
-            )
+        _request_termination(instance, full_id)
     run = current()
     deadline = started + timeout
     while wait and not run.is_finished and time.monotonic() < deadline:
@@ -93,6 +83,22 @@ def cancel_command(
         )
     else:
         term.console.print(f"run {short} {run.status.value}: termination requested", highlight=False)
+
+
+def _request_termination(instance: dg.DagsterInstance, run_id: str) -> None:
+    """Ask the run coordinator to stop the run, as the UI's Terminate does; exits 1 if the request reached nothing."""
+    reason = "the run launcher could not reach it"
+    try:
+        requested = instance.run_coordinator.cancel_run(run_id)
+    except Exception as exc:
+        requested = False
+        reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+    run = instance.get_run_by_id(run_id)
+    if not requested and run is not None and not run.is_finished:
+        raise fail(
+            f"run {run_id[:8]}: the termination request did not reach it ({reason}); if the process "
+            f"running it is gone, `fractal-pipeline cancel {run_id[:8]} --force` marks it canceled"
+        )
 
 
 def _force(instance: dg.DagsterInstance, run: dg.DagsterRun) -> None:
