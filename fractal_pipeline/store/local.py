@@ -21,6 +21,12 @@ def _new_file_mode() -> int:
     return 0o666 & ~umask
 
 
+def _temp_file(folder: Path) -> tuple[int, str]:
+    """A new temp file in ``folder`` (descriptor, path), named after this process: the writer's pid in the
+    name lets an interrupted batch clean up after its workers (:meth:`LocalStore.remove_partials`)."""
+    return tempfile.mkstemp(dir=folder, prefix=f".tmp-{os.getpid()}-", suffix=".part")
+
+
 #: The folders of the store's keys (:mod:`fractal_pipeline.store.keys`).
 KEY_FOLDERS = (IMAGES_PREFIX, COLLAGES_PREFIX, SPECS_PREFIX)
 
@@ -38,14 +44,12 @@ class LocalStore(FractalStore):
 
     def put(self, key: str, data: bytes) -> str:
         path = self._path(key)
-        # The writer's pid in the temp name lets an interrupted batch clean up after its workers.
-        temp_file = functools.partial(tempfile.mkstemp, dir=path.parent, prefix=f".tmp-{os.getpid()}-", suffix=".part")
         try:
             try:
-                fd, tmp = temp_file()
+                fd, tmp = _temp_file(path.parent)
             except FileNotFoundError:  # the folder is made on the first write into it, not checked for each PNG
                 path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = temp_file()
+                fd, tmp = _temp_file(path.parent)
         except (FileExistsError, NotADirectoryError) as exc:
             raise StoreError(f"key: {key!r} lies under an existing object in {self.root}; use another key") from exc
         try:
@@ -123,7 +127,7 @@ class LocalStore(FractalStore):
         # can exist and refuse new files. Nothing is left behind, and a dry run creates no folder.
         folder = images if images.is_dir() else self.root
         try:
-            fd, probe = tempfile.mkstemp(dir=folder, prefix=f".tmp-{os.getpid()}-", suffix=".part")
+            fd, probe = _temp_file(folder)
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
