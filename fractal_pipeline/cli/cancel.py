@@ -69,11 +69,7 @@ def cancel_command(
         )
     else:
         _request_termination(instance, full_id)
-    run = current()
-    deadline = started + timeout
-    while wait and not run.is_finished and time.monotonic() < deadline:
-        time.sleep(0.2)
-        run = current()
+    run = _wait_until_finished(instance, full_id, started + timeout - time.monotonic()) if wait else current()
     if run.is_finished:
         term.console.print(f"run {short} {run.status.value} after {time.monotonic() - started:.1f} s", highlight=False)
     elif wait:
@@ -111,10 +107,16 @@ def _force(instance: dg.DagsterInstance, run: dg.DagsterRun) -> None:
 
     if run.status != dg.DagsterRunStatus.CANCELING:
         instance.report_run_canceling(run, message="Asked to stop by `fractal-pipeline cancel --force`.")
-    deadline = time.monotonic() + FORCE_GRACE_S
-    while time.monotonic() < deadline:
-        current = instance.get_run_by_id(run.run_id)
-        if current is None or current.is_finished:
-            return
+    if not _wait_until_finished(instance, run.run_id, FORCE_GRACE_S).is_finished:
+        instance.report_run_canceled(run, message="Marked canceled by `fractal-pipeline cancel --force`.")
+
+
+def _wait_until_finished(instance: dg.DagsterInstance, run_id: str, seconds: float) -> dg.DagsterRun:
+    """The run once it has finished, or as it is after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    run = instance.get_run_by_id(run_id)
+    while run is not None and not run.is_finished and time.monotonic() < deadline:
         time.sleep(0.2)
-    instance.report_run_canceled(run, message="Marked canceled by `fractal-pipeline cancel --force`.")
+        run = instance.get_run_by_id(run_id)
+    assert run is not None, f"run {run_id} vanished"
+    return run
