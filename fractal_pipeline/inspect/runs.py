@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fractal_pipeline.defs import tags
+from fractal_pipeline.instance.home import FIRST_USE_FILES
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -31,7 +32,7 @@ def open_instance(home: Path) -> dg.DagsterInstance:
         raise ObservabilityError(
             f"DAGSTER_HOME: no Dagster instance at {home}; run `fractal-pipeline run` first or set DAGSTER_HOME"
         )
-    if not (home / "dagster.yaml").exists() and not (home / "history" / "runs.db").exists():
+    if not (home / "dagster.yaml").exists() and not any((home / name).exists() for name in FIRST_USE_FILES):
         # A folder nothing has used yet: read it as an empty instance, rather than have Dagster create
         # its databases (and warn that it found no dagster.yaml) for a command that only reads.
         return dg.DagsterInstance.ephemeral()
