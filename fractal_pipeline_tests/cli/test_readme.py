@@ -1,9 +1,10 @@
 """The README's examples run as written: its Python blocks, and its shell blocks marked runnable.
 
 Marker: a shell block runs here when its fence reads ```` ```bash runnable ```` (GitHub still highlights it as bash).
-Each one runs with ``bash -euo pipefail`` in a copy of the repository, with a fresh HOME and DAGSTER_HOME and the
-venv's bin first on PATH. Blocks that use S3 run against moto's server: its URL replaces the README's example
-endpoint, and the environment holds what the README's S3 block exports.
+Each one runs with ``bash -euo pipefail`` in a copy of the repository, as in a new shell after the README's first
+command: a fresh HOME holding the CLI's home as ``fractal-pipeline run`` leaves it, no DAGSTER_HOME set (a block
+that needs it says so), and the venv's bin first on PATH. Blocks that use S3 run against moto's server: its URL
+replaces the README's example endpoint, and the environment holds what the README's S3 block exports.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
+from fractal_pipeline.defs.partitions import PARTITIONS_NAME
 from fractal_pipeline.fractals import KINDS
+from fractal_pipeline.instance.home import instance_yaml
 
 from ..conftest import s3_client
 
@@ -77,7 +81,7 @@ class Ran:
     stdout: str
     output: str  # stdout and stderr
     cwd: Path
-    home: Path  # DAGSTER_HOME
+    home: Path  # the CLI's home, which the blocks use
 
 
 def png_names(folder: Path) -> list[str]:
@@ -117,6 +121,8 @@ def check_sensor(ran: Ran) -> None:
 def check_schedule(ran: Ran) -> None:
     assert "random_fractals_schedule [STOPPED]" in ran.output
     assert "12 specs" in ran.output
+    with dg.DagsterInstance.from_config(str(ran.home)) as instance:  # registered where the CLI and the UI look
+        assert len(instance.get_dynamic_partitions(PARTITIONS_NAME)) == 12
 
 
 def check_observability(ran: Ran) -> None:
@@ -172,14 +178,14 @@ def test_every_runnable_block_is_checked() -> None:
 
 
 def run_block(block: Block, tmp_path: Path, extra_env: dict[str, str], endpoint: str | None = None) -> Ran:
-    cwd, home, dagster_home = tmp_path / "repo", tmp_path / "home", tmp_path / "dagster_home"
+    cwd, home = tmp_path / "repo", tmp_path / "home"
+    dagster_home = home / ".fractal_pipeline" / "dagster_home"  # the CLI's default home, made by the first command
     shutil.copytree(ROOT, cwd, ignore=NOT_COPIED)
-    home.mkdir()
-    dagster_home.mkdir()
+    dagster_home.mkdir(parents=True)
+    (dagster_home / "dagster.yaml").write_text(instance_yaml(dagster_home))
     env = {
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "HOME": str(home),
-        "DAGSTER_HOME": str(dagster_home),
         "LANG": "C.UTF-8",
         "TMPDIR": str(tmp_path),
         "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
@@ -194,6 +200,8 @@ def run_block(block: Block, tmp_path: Path, extra_env: dict[str, str], endpoint:
         ["bash", "-euo", "pipefail", "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, f"README.md:{block.line} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
+    # Dagster without DAGSTER_HOME runs on a throwaway instance in the current folder: nothing would reach the home.
+    assert not list(cwd.glob(".tmp_dagster_home_*")), f"README.md:{block.line} ran Dagster without DAGSTER_HOME"
     return Ran(done.stdout, done.stdout + done.stderr, cwd, dagster_home)
 
 
