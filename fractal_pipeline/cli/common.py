@@ -63,13 +63,13 @@ def quiet(run_config: dict[str, Any] | None = None) -> dict[str, Any]:
 def read_instance() -> tuple[dg.DagsterInstance, Path]:
     """The instance in ``$DAGSTER_HOME`` (default: the CLI's), for reading; never creates one."""
     from fractal_pipeline.inspect.runs import ObservabilityError, open_instance
-    from fractal_pipeline.instance.home import home_path, unusable_home
+    from fractal_pipeline.instance.home import HomeError, home_path, unusable_home
 
     quiet_dagster_warnings()
     home = home_path()
     try:
         return open_instance(home), home
-    except ObservabilityError as exc:
+    except (ObservabilityError, HomeError) as exc:
         raise fail(str(exc), EXIT_USAGE) from None
     except Exception as exc:  # a dagster.yaml or storage that cannot be loaded
         raise fail(str(unusable_home(home, exc)), EXIT_USAGE) from None

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fractal_pipeline.defs import tags
-from fractal_pipeline.instance.home import FIRST_USE_FILES
+from fractal_pipeline.instance.home import FIRST_USE_FILES, open_home_instance
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -36,7 +36,7 @@ def open_instance(home: Path) -> dg.DagsterInstance:
         # A folder nothing has used yet: read it as an empty instance, rather than have Dagster create
         # its databases (and warn that it found no dagster.yaml) for a command that only reads.
         return dg.DagsterInstance.ephemeral()
-    return dg.DagsterInstance.from_config(str(home))
+    return open_home_instance(home)
 
 
 @dataclass(frozen=True)

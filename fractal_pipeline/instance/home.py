@@ -128,12 +128,48 @@ def unusable_home(home: Path, exc: BaseException) -> HomeError:
     )
 
 
-def load_instance(home: Path) -> dg.DagsterInstance:
-    """The instance in ``home``; HomeError if its ``dagster.yaml`` or storage cannot be loaded."""
+#: Dagster's switch for storing events in batches, read as a whole number wherever events are stored;
+#: the pooled storage sets it when it is unset.
+EVENT_BATCH_ENV = "DAGSTER_EVENT_BATCH_SIZE"
+
+
+def check_event_batch_size() -> None:
+    """HomeError if ``DAGSTER_EVENT_BATCH_SIZE`` is set to something Dagster cannot read: it would fail the
+    first batch of events, after the run is created."""
+    raw = os.environ.get(EVENT_BATCH_ENV)
+    if raw is None:
+        return
+    try:
+        int(raw)
+    except ValueError:
+        raise HomeError(
+            f"{EVENT_BATCH_ENV}: {raw!r} is not a whole number of events; unset it (the CLI's home then sets "
+            f"one) or set one, e.g. {EVENT_BATCH_ENV}=1000"
+        ) from None
+
+
+def open_home_instance(home: Path) -> dg.DagsterInstance:
+    """``DagsterInstance.from_config(home)`` with the classes its ``dagster.yaml`` names loaded now: Dagster
+    loads the compute-log manager on first use, which would be in the middle of a run."""
     import dagster as dg
 
+    check_event_batch_size()
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        instance.compute_log_manager  # noqa: B018 - loading it is the point
+    except BaseException:
+        instance.dispose()
+        raise
+    return instance
+
+
+def load_instance(home: Path) -> dg.DagsterInstance:
+    """The instance in ``home``; HomeError if ``DAGSTER_EVENT_BATCH_SIZE``, its ``dagster.yaml`` or its
+    storage cannot be used."""
     try:
         with first_use_lock(home):
-            return dg.DagsterInstance.from_config(str(home))
-    except Exception as exc:  # YAML, config schema, storage class or database: all mean the home is unusable
+            return open_home_instance(home)
+    except HomeError:
+        raise
+    except Exception as exc:  # YAML, config schema, a class or the database: all mean the home is unusable
         raise unusable_home(home, exc) from None

@@ -15,6 +15,8 @@ from .test_cli_truth import cli, cli_env
 NO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
 CORRUPT_YAML = "storage: [unclosed\n"
 MISSING_CLASS = "storage:\n  custom:\n    module: no_such_module\n    class: Nope\n    config: {}\n"
+#: A compute-log manager misspelt: Dagster loads it only when a step starts or `logs` reads it.
+MISSING_LOGS_CLASS = "compute_logs:\n  module: fractal_pipeline.instance_storage\n  class: Nope\n  config: {}\n"
 BAD_SCHEMA = "run_coordinator: 5\n"
 
 
@@ -98,6 +100,19 @@ CASES = {
     "dagster.yaml corrupt (events)": Case(["events", "abc"], "cannot be loaded (", yaml=CORRUPT_YAML),
     "dagster.yaml corrupt (cancel)": Case(["cancel", "abc"], "cannot be loaded (", yaml=CORRUPT_YAML),
     "dagster.yaml names a missing class": Case(["run"], "no_such_module", yaml=MISSING_CLASS),
+    "dagster.yaml names a missing log class (run)": Case(["run"], "Couldn't find class Nope", yaml=MISSING_LOGS_CLASS),
+    "dagster.yaml names a missing log class (runs)": Case(["runs"], "cannot be loaded (", yaml=MISSING_LOGS_CLASS),
+    "dagster.yaml names a missing log class (logs)": Case(
+        ["logs", "abc"], "cannot be loaded (", yaml=MISSING_LOGS_CLASS
+    ),
+    "event batch size a word (run)": Case(
+        ["run"],
+        "DAGSTER_EVENT_BATCH_SIZE: 'abc' is not a whole number of events; unset it",
+        env={"DAGSTER_EVENT_BATCH_SIZE": "abc"},
+    ),
+    "event batch size empty (cancel)": Case(
+        ["cancel", "abc"], "DAGSTER_EVENT_BATCH_SIZE: '' is not a whole number", env={"DAGSTER_EVENT_BATCH_SIZE": ""}
+    ),
     "dagster.yaml of a wrong shape": Case(["runs"], "cannot be loaded (", yaml=BAD_SCHEMA),
     "dagster.yaml with a misspelt key": Case(
         ["runs"],
