@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +13,8 @@ from rich.text import Text
 from fractal_pipeline.cli import console as term
 from fractal_pipeline.cli.console import EXIT_USAGE, fail
 from fractal_pipeline.cli.fmt import add_row, plain_table
-from fractal_pipeline.fractals import KINDS, PALETTES, FractalSpec, InvalidSpec, render_png
+from fractal_pipeline.fractals import KINDS, PALETTES, InvalidSpec
+from fractal_pipeline.fractals.files import OutputError, render_file
 
 
 def kinds_command() -> None:
@@ -65,23 +64,7 @@ def render_command(
 ) -> None:
     """Render one fractal to a PNG file, without Dagster."""
     try:
-        chosen = depth if depth is not None else (KINDS[kind].default_depth if kind in KINDS else 0)
-        spec = FractalSpec(kind, chosen, size, palette)
-        started = time.perf_counter()
-        data = render_png(spec)
-    except InvalidSpec as exc:
+        written = render_file(kind, depth, size, palette, output)
+    except (InvalidSpec, OutputError) as exc:
         raise fail(str(exc), EXIT_USAGE) from None
-    path = output or Path(f"{spec.key}.png")
-    try:
-        if path.is_dir():
-            raise IsADirectoryError(errno.EISDIR, "is a folder")
-        path.write_bytes(data)
-    except OSError as exc:
-        raise fail(
-            f"--output: cannot write {path} ({exc.strerror or exc}); give a file path in an existing, writable folder",
-            EXIT_USAGE,
-        ) from None
-    elapsed = (time.perf_counter() - started) * 1000
-    term.console.print(
-        Text(f"{path}: {spec.key}, {spec.segments:,} segments, {len(data):,} bytes, {elapsed:.0f} ms"), highlight=False
-    )
+    term.console.print(Text(written), highlight=False)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-from . import KINDS, PALETTES, FractalSpec, InvalidSpec, render_png
+from . import KINDS, PALETTES, InvalidSpec
+from .files import OutputError, render_file
 from .spec import DEFAULT_SIZE
 
 
@@ -21,17 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--palette", default="rainbow", help=f"one of: {', '.join(PALETTES)}")
     args = parser.parse_args(argv)
     try:
-        depth = args.depth if args.depth is not None else KINDS[args.kind].default_depth if args.kind in KINDS else 0
-        spec = FractalSpec(args.kind, depth, args.size, args.palette)
-        started = time.perf_counter()
-        data = render_png(spec)
-    except InvalidSpec as exc:
+        print(render_file(args.kind, args.depth, args.size, args.palette, args.output))
+    except (InvalidSpec, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    output = args.output or Path(f"{spec.key}.png")
-    output.write_bytes(data)
-    elapsed = (time.perf_counter() - started) * 1000
-    print(f"{output}: {spec.key}, {spec.segments:,} segments, {len(data):,} bytes, {elapsed:.0f} ms")
     return 0
 
 

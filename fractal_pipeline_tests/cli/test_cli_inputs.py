@@ -75,6 +75,9 @@ CASES = {
         "--output: cannot write /nonexistent/x.png (No such file or directory)",
     ),
     "render onto a folder": Case(["render", "dragon", "3", "--size", "16", "-o", "/tmp"], "cannot write /tmp (is a"),
+    "render to a .jpg": Case(
+        ["render", "dragon", "3", "--size", "16", "-o", "/tmp/x.jpg"], "--output: /tmp/x.jpg does not end in .png"
+    ),
     "render path with markup": Case(
         ["render", "dragon", "3", "--size", "16", "-o", "/nonexistent/[bold]x[/bold].png"],
         "cannot write /nonexistent/[bold]x[/bold].png",

@@ -425,6 +425,32 @@ def test_cli_unknown_kind_exits_2_with_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        ("missing/x.png", "--output: cannot write {tmp}/missing/x.png (No such file or directory); give a file path"),
+        (".", "--output: cannot write {tmp} (is a folder)"),
+        ("x.jpg", "--output: {tmp}/x.jpg does not end in .png; the file is a PNG, so name it <name>.png"),
+    ],
+)
+def test_cli_bad_output_exits_2_with_one_line(output: str, expected: str, tmp_path: Path) -> None:
+    """As ``fractal-pipeline render`` does: one line naming --output and the fix, nothing written."""
+    target = tmp_path / output if output != "." else tmp_path
+    result = subprocess.run(
+        [sys.executable, "-m", "fractal_pipeline.fractals", "dragon", "5", "--size", "16", "-o", str(target)],
+        env=subprocess_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {expected.format(tmp=tmp_path)}"), result.stderr
+    assert result.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
     ("argv", "field"),
     [
         (["dragon", "99"], "depth"),
