@@ -347,7 +347,7 @@ class _Batch:
             )
 
     def _collage(self) -> None:
-        from fractal_pipeline.store import collage_key
+        from fractal_pipeline.store import collage_key, image_key
 
         result = self._execute("fractal_collage", {})
         if result is None or not result.success:
@@ -355,6 +355,14 @@ class _Batch:
             self.failures.append(f"collage: {shown}")
         else:
             term.console.print(Text(collage_key("fractal_collage")), highlight=False)
+            metadata = result.asset_materializations_for_node("fractal_collage")[0].metadata
+            unreadable = list(metadata["unreadable"].value) if "unreadable" in metadata else []
+            if unreadable:
+                shown = ", ".join(image_key(key) for key in unreadable[:3]) + (", ..." if len(unreadable) > 3 else "")
+                note(
+                    f"collage: left out {len(unreadable)} stored PNGs that do not decode ({shown}); delete them from "
+                    "the store, and a run that includes them renders them again"
+                )
 
 
 def _stored(store: Any, keys: list[str], known: set[str] | None = None) -> set[str]:

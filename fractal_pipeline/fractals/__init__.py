@@ -12,7 +12,7 @@ this API::
 
 from .allocator import tune_allocator
 from .catalog import KINDS, SEGMENT_BUDGET, LSystem
-from .collage import make_collage, thumbnail, tile_size_for
+from .collage import UnreadableImage, make_collage, thumbnail, tile_size_for
 from .palette import DEFAULT_PALETTE, PALETTES
 from .png import encode_png, indexed_png, spec_of_png
 from .render import Drawing, draw, preview, render, render_indexed, render_png, render_with_preview
@@ -45,6 +45,7 @@ __all__ = [
     "FractalSpec",
     "InvalidSpec",
     "LSystem",
+    "UnreadableImage",
     "check_budget",
     "check_random_count",
     "draw",

@@ -34,6 +34,10 @@ def tile_size_for(count: int, max_px: int = MAX_COLLAGE_PX) -> int:
     return max(MIN_TILE_PX, min(MAX_TILE_PX, max_px // columns - GAP_PX))
 
 
+class UnreadableImage(ValueError):
+    """A tile's bytes are not an image Pillow can decode (an empty or damaged file)."""
+
+
 def _open(source: ImageSource) -> Image.Image:
     if callable(source) and not isinstance(source, Image.Image):
         source = source()
@@ -42,8 +46,11 @@ def _open(source: ImageSource) -> Image.Image:
     if not isinstance(source, bytes):
         with open(source, "rb") as file:
             source = file.read()
-    # The core's own PNGs (every stored image) decode faster by read_png than by Pillow.
-    return read_png(source) or Image.open(io.BytesIO(source))
+    try:
+        # The core's own PNGs (every stored image) decode faster by read_png than by Pillow.
+        return read_png(source) or Image.open(io.BytesIO(source))
+    except Exception as exc:  # Pillow and zlib raise many kinds for bad bytes: all mean the same here
+        raise UnreadableImage(f"{len(source):,} bytes that are not an image ({exc})") from exc
 
 
 def _shrink(image: Image.Image, tile: int) -> Image.Image:
@@ -74,6 +81,8 @@ def thumbnail(source: ImageSource, tile: int) -> Image.Image:
         if owned:
             image.draft("RGB", (tile, tile))
         return _shrink(image.convert("RGB"), tile)
+    except OSError as exc:  # Pillow decodes lazily: a damaged file can fail only here
+        raise UnreadableImage(f"a damaged image ({exc})") from exc
     finally:
         if owned:
             image.close()
@@ -96,6 +105,7 @@ def make_collage(
     columns: int | None = None,
     captions: bool = True,
     progress: Callable[[int], None] | None = None,
+    on_unreadable: Callable[[str, UnreadableImage], None] | None = None,
 ) -> Image.Image:
     """Tile ``images`` into one RGB collage, consuming the iterable lazily.
 
@@ -104,6 +114,8 @@ def make_collage(
     what stays in memory is the canvas. The grid needs the tile count up
     front: pass ``count``, or a sized collection. Items past ``count`` are not
     read. ``progress`` is called with the number of tiles placed so far.
+    With ``on_unreadable``, an item that does not decode is left out and reported
+    to it (with its caption) instead of raising :class:`UnreadableImage`.
     """
     if count is None:
         if not isinstance(images, Sized):
@@ -121,7 +133,13 @@ def make_collage(
     placed = 0
     for item in itertools.islice(images, count):  # never pulls items past count
         caption, source = item if isinstance(item, tuple) else (None, item)
-        thumb = thumbnail(source, tile)
+        try:
+            thumb = thumbnail(source, tile)
+        except UnreadableImage as exc:
+            if on_unreadable is None:
+                raise
+            on_unreadable(caption or "", exc)
+            continue
         x = GAP_PX + (placed % columns) * pitch
         y = GAP_PX + (placed // columns) * pitch
         canvas.paste(thumb, (x + (tile - thumb.width) // 2, y + (tile - thumb.height) // 2))

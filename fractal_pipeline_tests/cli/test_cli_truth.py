@@ -463,3 +463,33 @@ def test_s3_stopped_mid_run_prints_only_what_is_stored(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
         (restarted or server).stop()
+
+
+def test_a_stored_png_that_does_not_decode_is_left_out_of_the_collage_with_a_note(tmp_path: Path) -> None:
+    """An emptied or cut-short PNG in the store: the collage leaves it out and says which and what to do; nothing
+    stored is touched; deleted, it is rendered again."""
+    env = cli_env(tmp_path / "home")
+    args = ["run", "--count", "4", "--size", "64", "--seed", "3"]
+    assert cli(args, env).returncode == 0
+    stored = sorted((tmp_path / "home" / "fractals" / "fractals").glob("*.png"))
+    empty, cut = stored[0], stored[1]
+    empty.write_bytes(b"")
+    cut.write_bytes(cut.read_bytes()[:100])
+    before = {path: path.read_bytes() for path in stored}
+
+    again = cli(args, env)
+    assert again.returncode == 0, again.stderr
+    assert "Traceback" not in again.stderr
+    notes = [line for line in again.stderr.splitlines() if "do not decode" in line]
+    assert len(notes) == 1, again.stderr
+    assert "left out 2 stored PNGs" in notes[0]
+    assert f"fractals/{empty.name}" in notes[0] and f"fractals/{cut.name}" in notes[0]
+    assert "collages/fractal_collage.png" in again.stdout.splitlines()
+    assert {path: path.read_bytes() for path in stored} == before  # the command changed nothing stored
+
+    empty.unlink()
+    cut.unlink()
+    third = cli(args, env)
+    assert third.returncode == 0 and "do not decode" not in third.stderr, third.stderr
+    for path in (empty, cut):
+        assert spec_of_png(path.read_bytes()).key == path.stem

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fractal_pipeline.fractals import FractalSpec, make_collage, render_png, thumbnail, tile_size_for
+from fractal_pipeline.fractals import FractalSpec, UnreadableImage, make_collage, render_png, thumbnail, tile_size_for
 from fractal_pipeline.fractals.collage import BACKGROUND, GAP_PX, MAX_COLLAGE_PX, MAX_TILE_PX, MIN_TILE_PX
 
 
@@ -174,3 +174,36 @@ def test_collage_of_10000_tiles_stays_within_4096_px() -> None:
     canvas = make_collage((source for _ in range(10_000)), count=10_000, captions=False)
     assert max(canvas.size) <= MAX_COLLAGE_PX + GAP_PX
     assert canvas.size == (100 * 40 + GAP_PX, 100 * 40 + GAP_PX)
+
+
+def _damaged(data: bytes) -> bytes:
+    """``data`` with its compressed pixels overwritten (its chunk checksums no longer match)."""
+    middle = len(data) // 2
+    return data[:middle] + bytes(64) + data[middle + 64 :]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"",
+        b"not a png",
+        render_png(FractalSpec("dragon", 8, size=64))[:200],
+        _damaged(render_png(FractalSpec("dragon", 8, size=64))),
+    ],
+    ids=["empty", "text", "truncated", "damaged"],
+)
+def test_an_unreadable_image_is_reported_and_left_out_or_raised(bad: bytes) -> None:
+    good = [(f"good-{n}", render_png(FractalSpec("levy_c", 6 + n, size=64))) for n in range(3)]
+    items = [good[0], ("bad", bad), good[1], good[2]]
+    reported: list[tuple[str, UnreadableImage]] = []
+    placed: list[int] = []
+    canvas = make_collage(
+        items, tile=32, columns=2, progress=placed.append, on_unreadable=lambda k, e: reported.append((k, e))
+    )
+    assert [key for key, _ in reported] == ["bad"]
+    assert placed == [1, 2, 3]  # the three good ones, in the first three cells
+    pitch = 32 + GAP_PX
+    last_cell = canvas.crop((GAP_PX + pitch, GAP_PX + pitch, GAP_PX + pitch + 32, GAP_PX + pitch + 32))
+    assert [color for _, color in last_cell.getcolors() or []] == [BACKGROUND]  # the fourth cell stays empty
+    with pytest.raises(UnreadableImage):
+        make_collage(items, tile=32, columns=2)  # without on_unreadable, it is the caller's error

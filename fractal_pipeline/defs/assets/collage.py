@@ -9,7 +9,8 @@ from fractal_pipeline.defs import tags
 from fractal_pipeline.defs.assets.common import GROUP, OWNERS, PROGRESS_EVERY_S
 from fractal_pipeline.defs.cancel import CancelWatch
 from fractal_pipeline.defs.io_managers import PngCollection
-from fractal_pipeline.fractals import make_collage
+from fractal_pipeline.fractals import UnreadableImage, make_collage
+from fractal_pipeline.store import image_key
 from fractal_pipeline.workers.results import png_markdown
 
 
@@ -35,7 +36,8 @@ from fractal_pipeline.workers.results import png_markdown
         "All stored fractal images tiled into one picture at `collages/fractal_collage.png`. "
         "Streams thumbnails: only one full-size image is decoded at a time.\n\n"
         "Metadata: `thumbnail` (256 px preview, *Show Markdown*), `tiles`, `missing` (partitions "
-        "without a stored PNG, left out), `size`, `location`, `bytes`."
+        "without a stored PNG, left out), `unreadable` (stored files that do not decode, left out; the log says "
+        "how to render them again), `size`, `location`, `bytes`."
     ),
 )
 def fractal_collage(context: dg.AssetExecutionContext, fractal_images: PngCollection) -> dg.Output[object]:
@@ -52,7 +54,21 @@ def fractal_collage(context: dg.AssetExecutionContext, fractal_images: PngCollec
             last[0] = time.monotonic()
             context.log.info(f"collage: {placed}/{total} tiles")
 
-    collage = make_collage(fractal_images, count=total, progress=progress)
+    unreadable: list[str] = []
+
+    def leave_out(key: str, exc: UnreadableImage) -> None:
+        unreadable.append(key)
+        context.log.warning(
+            f"{image_key(key)}: {exc}; left out of the collage. Delete it from the store, and the next "
+            f"`fractal-pipeline run` that includes {key} renders it again"
+        )
+
+    try:
+        collage = make_collage(fractal_images, count=total, progress=progress, on_unreadable=leave_out)
+    except ValueError as exc:  # every image was left out
+        raise dg.Failure(
+            description=f"fractal_images: none of the {total} stored PNGs decodes ({exc}); the run's log names them"
+        ) from None
     preview = collage.copy()
     preview.thumbnail((256, 256))
     buffer = io.BytesIO()
@@ -62,8 +78,9 @@ def fractal_collage(context: dg.AssetExecutionContext, fractal_images: PngCollec
     return dg.Output(
         collage,
         metadata={
-            "tiles": total,
+            "tiles": total - len(unreadable),
             "missing": len(fractal_images.missing),
+            "unreadable": dg.MetadataValue.json(unreadable[:100]),
             "size": f"{collage.width}x{collage.height}",
             "thumbnail": dg.MetadataValue.md(png_markdown("collage", buffer.getvalue())),
         },
