@@ -316,7 +316,7 @@ class _Batch:
         if images is None:  # stopped at once: the run was marked CANCELED
             return
         self.seen_stored.update(m.partition for m in images.asset_materializations_for_node("fractal_images"))
-        status = "success" if images.success else ("CANCELED" if self.interrupts.requested else "FAILED")
+        status = "success" if images.success else _final_status(self.instance, images.run_id)
         skipped = (
             f", {plan.run.skipped} partitions of its range skipped (not in this batch)" if plan.run.skipped else ""
         )
@@ -363,6 +363,13 @@ class _Batch:
                     f"collage: left out {len(unreadable)} stored PNGs that do not decode ({shown}); delete them from "
                     "the store, and a run that includes them renders them again"
                 )
+
+
+def _final_status(instance: Any, run_id: str) -> str:
+    """How the instance recorded a run that did not succeed: CANCELED when it was asked to stop (Ctrl-C here,
+    `fractal-pipeline cancel` or the UI elsewhere), else FAILED."""
+    run = instance.get_run_by_id(run_id)
+    return "CANCELED" if run is not None and run.status.value in ("CANCELED", "CANCELING") else "FAILED"
 
 
 def _stored(store: Any, keys: list[str], known: set[str] | None = None) -> set[str]:

@@ -212,6 +212,7 @@ def test_cancel_force_stops_a_run_executing_in_fractal_pipeline_run_and_it_stays
             run.kill()
             run.wait(10)
     assert run.returncode == 1 and "run canceled: " in stderr.splitlines()[-1], stderr
+    assert f"images run {images.run_id}: CANCELED" in stderr.splitlines(), stderr  # as recorded, not FAILED
     with dg.DagsterInstance.from_config(str(home)) as instance:
         final = instance.get_run_by_id(images.run_id)
         assert final is not None and final.status == dg.DagsterRunStatus.CANCELED
