@@ -45,9 +45,22 @@ def _event_message(entry: Any) -> str:
         message = f"{message} partition {event.partition}"
     error = getattr(event.event_specific_data, "error", None)
     if error is not None:
-        first = next((line for line in str(error.message).splitlines() if line.strip()), "")
-        message = f"{message} {error.cls_name}: {first.split(f'{error.cls_name}: ', 1)[-1]}".strip()
+        cls_name, first = user_error(error)
+        message = f"{message} {cls_name}: {first}".strip()
     return message
+
+
+def user_error(error: Any) -> tuple[str, str]:
+    """The class and first line of the error a user acts on, from a recorded error (``SerializableErrorInfo``).
+
+    Dagster wraps what an op raises in its own errors ("Error occurred while executing op ..."), with the
+    op's exception as their cause: the first error of the chain that is not Dagster's is the one that says
+    what went wrong (a ``dg.Failure`` is the pipeline's own message).
+    """
+    while error.cause is not None and error.cls_name.startswith("Dagster"):
+        error = error.cause
+    first = next((line for line in str(error.message).splitlines() if line.strip()), "")
+    return error.cls_name, first.split(f"{error.cls_name}: ", 1)[-1]
 
 
 def run_origin(instance: dg.DagsterInstance, run_id: str, entries: Sequence[Any]) -> float:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from fractal_pipeline.inspect.logs import user_error
 from fractal_pipeline.workers.pool import StartedWorkers, default_workers, running_workers, stop_processes
 
 if TYPE_CHECKING:
@@ -166,10 +167,5 @@ def run_failure_message(result: Any) -> str:
     """One line: the user-facing message of the first failed step of an in-process run."""
     for event in result.all_events:
         if event.event_type_value == "STEP_FAILURE":
-            error = event.event_specific_data.error
-            while error.cause is not None and "Failure" not in error.cls_name:
-                error = error.cause
-            message = str(error.message).strip().splitlines()[0]
-            prefix = f"{error.cls_name}: "
-            return message.split(prefix, 1)[1] if prefix in message else message
+            return user_error(event.event_specific_data.error)[1]
     return "run failed"

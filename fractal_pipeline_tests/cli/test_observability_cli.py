@@ -223,6 +223,13 @@ HELPER = textwrap.dedent(
         raise dg.Failure(description="spec file missing: set FRACTAL_SPECS")
 
     @dg.asset
+    def crashed() -> int:
+        try:
+            open("/nonexistent/specs.csv")
+        except OSError as exc:
+            raise RuntimeError("could not read the specs") from exc
+
+    @dg.asset
     def waiting() -> int:
         Path(os.environ["STARTED_FILE"]).write_text("started")
         deadline = time.time() + 120
@@ -230,7 +237,7 @@ HELPER = textwrap.dedent(
             time.sleep(0.05)
         return 1
 
-    job = dg.Definitions(assets=[chatty, broken, waiting]).resolve_implicit_global_asset_job_def()
+    job = dg.Definitions(assets=[chatty, broken, crashed, waiting]).resolve_implicit_global_asset_job_def()
     instance = dg.DagsterInstance.get()
     for name, run_id in zip(sys.argv[1::2], sys.argv[2::2]):
         job.execute_in_process(
@@ -240,6 +247,7 @@ HELPER = textwrap.dedent(
 )
 CHATTY = "aaaa1111-0000-4000-8000-000000000001"
 BROKEN = "aaaa2222-0000-4000-8000-000000000002"
+CRASHED = "cccc3333-0000-4000-8000-000000000004"
 WAITING = "bbbb2222-0000-4000-8000-000000000003"
 
 
@@ -257,7 +265,7 @@ def edge_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
     waiting = subprocess.Popen([sys.executable, str(script), "waiting", WAITING], env=env, cwd=folder)
     try:
         done = subprocess.run(
-            [sys.executable, str(script), "chatty", CHATTY, "broken", BROKEN],
+            [sys.executable, str(script), "chatty", CHATTY, "broken", BROKEN, "crashed", CRASHED],
             env=env,
             cwd=folder,
             capture_output=True,
@@ -299,6 +307,17 @@ def test_failed_run_says_why(edge_home: tuple[Path, Path]) -> None:
     code, out, err = _invoke(home, "events", BROKEN[:6])
     assert code == 0 and "step failure" in out and "no render workers in this run" in out
     assert "spec file missing" in err
+
+
+def test_a_run_failed_by_an_exception_says_which_one(edge_home: tuple[Path, Path]) -> None:
+    """Not Dagster's wrapper ("Error occurred while executing op"): the op's own exception."""
+    home, _ = edge_home
+    code, out, err = _invoke(home, "logs", CRASHED[:8])
+    assert code == 0, err
+    assert err.strip().count("\n") == 0
+    assert err.startswith("run cccc3333 failed:") and "RuntimeError: could not read the specs" in err, err
+    step_failure = next(line for line in out.splitlines() if "STEP_FAILURE" in line)
+    assert "RuntimeError: could not read the specs" in step_failure and "Error occurred" not in step_failure
 
 
 def test_run_in_progress_shows_what_exists(edge_home: tuple[Path, Path]) -> None:
