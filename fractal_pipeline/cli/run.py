@@ -127,7 +127,7 @@ def run(
     Stdout lists exactly the object keys stored when the command ends. Specs
     already stored are not rendered again. Ctrl-C (or SIGTERM) stops the run:
     it ends CANCELED, keeps what is stored, and the same command renders the
-    rest; a second Ctrl-C stops at once. ``--dry-run`` prints the plan (specs, what is stored, the
+    rest; a second Ctrl-C stops at once. --dry-run prints the plan (specs, what is stored, the
     predicted render time and its cost on Lambda and Fargate: docs/cost.md) and records nothing.
     """
     from fractal_pipeline.runs.execute import Interrupts

@@ -65,6 +65,8 @@ def ensure_dagster_home() -> Path:
     cannot be made or written.
     """
     home = home_path()
+    if home.exists() and not home.is_dir():
+        raise not_a_folder(home)
     try:
         home.mkdir(parents=True, exist_ok=True)
         config = home / "dagster.yaml"
@@ -111,6 +113,11 @@ def first_use_lock(home: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def not_a_folder(home: Path) -> HomeError:
+    """The one line for a ``DAGSTER_HOME`` that names a file."""
+    return HomeError(f"DAGSTER_HOME: {home} is a file, not a folder; point DAGSTER_HOME at a folder")
 
 
 def one_line(exc: BaseException) -> str:

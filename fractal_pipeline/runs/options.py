@@ -57,6 +57,8 @@ class RunOptions:
         and one note for each value that was changed."""
         if self.backend not in BACKENDS:
             raise UsageError(f"--backend: unknown backend {self.backend!r}; use {' or '.join(BACKENDS)}")
+        if self.region and self.backend != "lambda":
+            raise UsageError("--region: only the lambda backend uses it; add --backend lambda, or leave --region out")
         if self.palette != "random" and self.palette not in PALETTES:
             raise UsageError(f"--palette: {self.palette!r} is not a palette; use {', '.join(PALETTES)} or random")
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:

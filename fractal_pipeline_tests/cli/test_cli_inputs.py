@@ -95,7 +95,13 @@ CASES = {
         env={"DAGSTER_HOME": "/etc/hostname/home"},
     ),
     "home is a file (runs)": Case(
-        ["runs"], "DAGSTER_HOME: no Dagster instance at /etc/hostname", env={"DAGSTER_HOME": "/etc/hostname"}
+        ["runs"], "DAGSTER_HOME: /etc/hostname is a file, not a folder; point", env={"DAGSTER_HOME": "/etc/hostname"}
+    ),
+    "home is a file (run)": Case(
+        ["run"], "DAGSTER_HOME: /etc/hostname is a file, not a folder; point", env={"DAGSTER_HOME": "/etc/hostname"}
+    ),
+    "region without the lambda backend": Case(
+        ["run", "--region", "mars"], "--region: only the lambda backend uses it; add --backend lambda"
     ),
     "dagster.yaml corrupt (run)": Case(["run"], "cannot be loaded (", yaml=CORRUPT_YAML),
     "dagster.yaml corrupt (runs)": Case(["runs"], "cannot be loaded (", yaml=CORRUPT_YAML),
