@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 from fractal_pipeline.cli import console as term
 from fractal_pipeline.cli.console import EXIT_USAGE, fail
-from fractal_pipeline.cli.fmt import add_row, plain_table
+from fractal_pipeline.cli.fmt import fitted_table
 from fractal_pipeline.fractals import KINDS, PALETTES, InvalidSpec
 from fractal_pipeline.fractals.files import OutputError, render_file
 
@@ -33,26 +31,6 @@ def kinds_command() -> None:
     headers = ["kind", "default depth", "random depths", "max depth", "segments at default", "angle"]
     optional = headers[:1:-1]  # from the right: angle first; kind and default depth always stay
     term.console.print(fitted_table(headers, rows, optional, right=("segments at default",)))
-
-
-def fitted_table(
-    headers: Sequence[str], rows: Sequence[Sequence[str | Text]], optional: Sequence[str], right: Sequence[str] = ()
-) -> Table:
-    """A table of ``rows`` that fits the terminal: ``optional`` columns are dropped, in that order, until the
-    rest fit; what still does not fit wraps. A key, id or kind is never cut short."""
-    widths = [
-        max(len(cell.plain if isinstance(cell, Text) else cell) for cell in [header, *(row[index] for row in rows)]) + 3
-        for index, header in enumerate(headers)
-    ]
-    shown = list(range(len(headers)))
-    for name in optional:
-        if sum(widths[index] for index in shown) + 1 <= term.console.width:
-            break
-        shown.remove(headers.index(name))
-    table = plain_table(*(headers[index] for index in shown), right=right)
-    for row in rows:
-        add_row(table, *(row[index] for index in shown))
-    return table
 
 
 def render_command(

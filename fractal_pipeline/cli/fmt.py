@@ -51,6 +51,46 @@ def plain_table(*columns: str, right: Sequence[str] = ()) -> Table:
     return table
 
 
+#: The narrowest a free-text column (``wraps``) of :func:`fitted_table` is counted as, when columns are dropped.
+MIN_WRAPPED_WIDTH = 20
+
+
+def fitted_table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str | Text]],
+    optional: Sequence[str],
+    right: Sequence[str] = (),
+    wraps: Sequence[str] = (),
+) -> Table:
+    """A table of ``rows`` that fits the terminal without cutting a key, id, event name or kind.
+
+    Columns in ``wraps`` hold free text, which wraps between words. Every other column keeps each cell on
+    one line: ``optional`` columns are dropped, in that order, until the rest fit (a table still too wide
+    is printed wider than the terminal rather than cut).
+    """
+    widths = [
+        max(len(cell.plain if isinstance(cell, Text) else cell) for cell in [header, *(row[index] for row in rows)])
+        for index, header in enumerate(headers)
+    ]
+
+    def needed(shown: list[int]) -> int:  # each column's cells plus its padding and border
+        return 1 + sum((min(widths[i], MIN_WRAPPED_WIDTH) if headers[i] in wraps else widths[i]) + 3 for i in shown)
+
+    shown = list(range(len(headers)))
+    for name in optional:
+        if needed(shown) <= term.console.width:
+            break
+        shown.remove(headers.index(name))
+    table = plain_table(*(headers[index] for index in shown), right=right)
+    for column, index in zip(table.columns, shown, strict=True):
+        if headers[index] not in wraps:
+            column.no_wrap = True
+            column.min_width = widths[index]
+    for row in rows:
+        add_row(table, *(row[index] for index in shown))
+    return table
+
+
 def add_row(table: Table, *cells: str | Text) -> None:
     """Add a row of literal text (log messages contain brackets that are not rich markup)."""
     table.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in cells))

@@ -11,14 +11,12 @@ from rich.text import Text
 
 from fractal_pipeline.cli import console as term
 from fractal_pipeline.cli.common import read_instance, resolve_run
-from fractal_pipeline.cli.core import fitted_table
 from fractal_pipeline.cli.fmt import (
-    add_row,
     clock,
+    fitted_table,
     ms,
     note_run_state,
     offset,
-    plain_table,
     run_heading,
     seconds,
     status,
@@ -74,10 +72,14 @@ def logs_command(
     info = run_info(instance, full_id)
     lines = run_log_lines(instance, full_id)
     term.console.print(run_heading(info))
-    table = plain_table("t (s)", "level", "step", "event", "message", right=("t (s)",))
+    table = fitted_table(
+        ["t (s)", "level", "step", "event", "message"],
+        [[offset(line.t), line.level, line.step or "", line.event or "", line.message] for line in lines],
+        optional=("level", "step"),
+        right=("t (s)",),
+        wraps=("message",),
+    )
     table.title = f"event log: {len(lines)} entries, seconds since the run started"
-    for line in lines:
-        add_row(table, offset(line.t), line.level, line.step or "", line.event or "", line.message)
     term.console.print(table)
     outputs = captured_outputs(instance, full_id)
     if not outputs:
@@ -115,12 +117,14 @@ def events_command(
     else:
         term.console.print(run_heading(info))
         if unified:
-            table = plain_table("t (s)", "worker", "event", "subject", "ms", "busy", right=("t (s)", "ms", "busy"))
-            table.caption = "busy: render workers rendering, encoding or storing at that moment"
-            for event, busy in zip(timeline.events, timeline.busy_workers, strict=True):
-                add_row(
-                    table, offset(event.t), event.worker, event.event, event.subject, ms(event.duration_ms), str(busy)
-                )
+            rows = [
+                [offset(event.t), event.worker, event.event, event.subject, ms(event.duration_ms), str(busy)]
+                for event, busy in zip(timeline.events, timeline.busy_workers, strict=True)
+            ]
+            headers = ["t (s)", "worker", "event", "subject", "ms", "busy"]
+            table = fitted_table(headers, rows, optional=("busy", "ms"), right=("t (s)", "ms", "busy"))
+            if "busy" in [column.header for column in table.columns]:
+                table.caption = "busy: render workers rendering, encoding or storing at that moment"
             term.console.print(table)
         else:
             for lane in timeline.lanes:
@@ -132,9 +136,8 @@ def events_command(
                 else:
                     title = f"{lane.worker} · dagster process"
                 term.console.print(Text(title, style="bold"))
-                table = plain_table("t (s)", "event", "subject", "ms", right=("t (s)", "ms"))
-                for event in lane.events:
-                    add_row(table, offset(event.t), event.event, event.subject, ms(event.duration_ms))
+                rows = [[offset(event.t), event.event, event.subject, ms(event.duration_ms)] for event in lane.events]
+                table = fitted_table(["t (s)", "event", "subject", "ms"], rows, optional=("ms",), right=("t (s)", "ms"))
                 term.console.print(table)
         _print_workers_summary(timeline)
         term.console.print(Text(prediction["line"]), highlight=False, soft_wrap=True)

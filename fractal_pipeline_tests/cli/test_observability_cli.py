@@ -192,6 +192,23 @@ def test_logs_prints_messages_in_time_order_then_captured_output(recorded: Recor
     assert re.search(r"stderr of fractal_images \(pid \d+\)", out)
 
 
+def test_a_narrow_or_piped_terminal_drops_columns_and_never_cuts_a_key(recorded: Recorded) -> None:
+    """At 80 columns (what a pipe gets), `logs` and `events` keep every key and event name on one line."""
+    images = recorded.runs["fractal_images"]
+    env = {**recorded.env, "COLUMNS": "80"}
+    for args, whole in (
+        (["events", images, "--unified"], recorded.stored_keys),
+        (["events", images], recorded.stored_keys),
+        (["logs", images], ["ASSET_MATERIALIZATION_PLANNED", "ASSET_CHECK_EVALUATION_PLANNED"]),
+    ):
+        result = _cli(args, env)
+        assert result.returncode == 0, result.stderr
+        tables = [line for line in result.stdout.splitlines() if line.startswith(("│", "┃"))]
+        assert tables and all(len(line) <= 80 for line in tables), args
+        for text in whole:
+            assert any(text in line for line in tables), (args, text)
+
+
 def test_unknown_run_id_is_one_line_and_fails(recorded: Recorded) -> None:
     unknown = next(
         p for p in ("ffffffff", "eeeeeeee", "dddddddd") if not any(r.startswith(p) for r in recorded.runs.values())
