@@ -10,8 +10,10 @@ from fractal_pipeline.inspect.timeline import Timeline
 if TYPE_CHECKING:
     import dagster as dg
 
-#: What ``events`` says of a run launched without a prediction (or before predictions were recorded).
+#: What ``events`` says of a render run launched without a prediction (or before predictions were recorded).
 NO_PREDICTION = "no prediction: this run was launched without one (by the UI, or before predictions were recorded)"
+#: What ``events`` says of a run that renders nothing (the specs, the collage): there is nothing to predict.
+NOTHING_TO_PREDICT = "no prediction: this run renders no fractal_images partitions"
 
 
 def prediction_vs_actual(instance: dg.DagsterInstance, run_id: str, timeline: Timeline) -> dict[str, Any]:
@@ -26,7 +28,8 @@ def prediction_vs_actual(instance: dg.DagsterInstance, run_id: str, timeline: Ti
     )
     wall_s = max(lane.end for lane in lanes) - min(lane.start for lane in lanes) if lanes else None
     if predicted is None:
-        return {"line": NO_PREDICTION, "predicted_render_s": None, "actual_render_s": round(actual_s, 3)}
+        line = NO_PREDICTION if "fractal_images" in timeline.run.assets else NOTHING_TO_PREDICT
+        return {"line": line, "predicted_render_s": None, "actual_render_s": round(actual_s, 3)}
     line = predicted.compared(actual_s, wall_s)
     if timeline.run.status in ("CANCELED", "CANCELING"):  # the prediction is for the whole batch
         rendered = sum(lane.partitions for lane in lanes)

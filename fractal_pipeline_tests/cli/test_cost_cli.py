@@ -11,6 +11,7 @@ from dagster import AssetKey, DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 
 from fractal_pipeline.defs import tags
+from fractal_pipeline.inspect.prediction import NOTHING_TO_PREDICT
 
 from .test_cli import BIN, _env, _run
 
@@ -65,8 +66,8 @@ def test_run_records_its_prediction_and_events_compares_it(tmp_path: Path) -> No
     assert events.stdout.strip().splitlines()[-1].startswith("predicted ")
     as_json = json.loads(_run([BIN / "fractal-pipeline", "events", run_id, "--json"], env).stdout)
     assert as_json["prediction"]["predicted_render_s"] > 0 and as_json["prediction"]["actual_render_s"] > 0
-    older = _run([BIN / "fractal-pipeline", "events", specs_run], env)  # a run launched without a prediction
-    assert older.stdout.strip().splitlines()[-1].startswith("no prediction: ")
+    specs_events = _run([BIN / "fractal-pipeline", "events", specs_run], env)  # a run that renders nothing
+    assert specs_events.stdout.strip().splitlines()[-1] == NOTHING_TO_PREDICT
 
     # The same specs again: all stored, so nothing to render or pay; the six recorded partitions calibrate.
     again = json.loads(_run([*RUN, "--dry-run", "--json"], env).stdout)
