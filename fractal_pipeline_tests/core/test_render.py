@@ -384,16 +384,21 @@ def test_spec_of_png_without_spec_is_none() -> None:
 # -- command line ---------------------------------------------------------------------
 
 
-def test_cli_writes_a_png(tmp_path: Path) -> None:
-    output = tmp_path / "X.png"
-    result = subprocess.run(
-        [sys.executable, "-m", "fractal_pipeline.fractals", "dragon", "5", "-o", str(output)],
+def core_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m fractal_pipeline.fractals ARGS`` as a user runs it, in ``cwd``."""
+    return subprocess.run(
+        [sys.executable, "-m", "fractal_pipeline.fractals", *args],
         env=subprocess_env(),
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_cli_writes_a_png(tmp_path: Path) -> None:
+    output = tmp_path / "X.png"
+    result = core_cli("dragon", "5", "-o", str(output), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "dragon_5" in result.stdout
     data = output.read_bytes()
@@ -407,14 +412,7 @@ def test_cli_writes_a_png(tmp_path: Path) -> None:
 
 
 def test_cli_unknown_kind_exits_2_with_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "fractal_pipeline.fractals", "dragn", "5", "-o", str(tmp_path / "X.png")],
-        env=subprocess_env(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = core_cli("dragn", "5", "-o", str(tmp_path / "X.png"), cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -435,14 +433,7 @@ def test_cli_unknown_kind_exits_2_with_one_line(tmp_path: Path) -> None:
 def test_cli_bad_output_exits_2_with_one_line(output: str, expected: str, tmp_path: Path) -> None:
     """As ``fractal-pipeline render`` does: one line naming --output and the fix, nothing written."""
     target = tmp_path / output if output != "." else tmp_path
-    result = subprocess.run(
-        [sys.executable, "-m", "fractal_pipeline.fractals", "dragon", "5", "--size", "16", "-o", str(target)],
-        env=subprocess_env(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = core_cli("dragon", "5", "--size", "16", "-o", str(target), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {expected.format(tmp=tmp_path)}"), result.stderr
