@@ -10,7 +10,7 @@ from rich.text import Text
 
 from fractal_pipeline.cli import console as term
 from fractal_pipeline.cli.console import EXIT_USAGE, fail
-from fractal_pipeline.cli.fmt import fitted_table
+from fractal_pipeline.cli.fmt import print_table
 from fractal_pipeline.fractals import KINDS, PALETTES, InvalidSpec
 from fractal_pipeline.fractals.files import OutputError, render_file
 
@@ -30,7 +30,7 @@ def kinds_command() -> None:
     ]
     headers = ["kind", "default depth", "random depths", "max depth", "segments at default", "angle"]
     optional = headers[:1:-1]  # from the right: angle first; kind and default depth always stay
-    term.console.print(fitted_table(headers, rows, optional, right=("segments at default",)))
+    print_table(headers, rows, optional, right=("segments at default",))
 
 
 def render_command(

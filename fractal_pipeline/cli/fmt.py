@@ -41,59 +41,66 @@ def status(status: str) -> Text:
     return Text(status, style=_STATUS_STYLE.get(status, "yellow"))
 
 
-def plain_table(*columns: str, right: Sequence[str] = ()) -> Table:
-    """A table whose cells wrap in a narrow or piped terminal: a key, id or kind is never cut short."""
-    table = Table(*columns)
-    for column in table.columns:
-        column.overflow = "fold"
-        if column.header in right:
-            column.justify = "right"
-    return table
-
-
-#: The narrowest a free-text column (``wraps``) of :func:`fitted_table` is counted as, when columns are dropped.
+#: The narrowest a free-text column (``wraps``) of :func:`print_table` is counted as, when columns are dropped.
 MIN_WRAPPED_WIDTH = 20
 
 
-def fitted_table(
+def _plain(cell: str | Text) -> str:
+    return cell.plain if isinstance(cell, Text) else cell
+
+
+def print_table(
     headers: Sequence[str],
     rows: Sequence[Sequence[str | Text]],
-    optional: Sequence[str],
+    optional: Sequence[str] = (),
     right: Sequence[str] = (),
     wraps: Sequence[str] = (),
-) -> Table:
-    """A table of ``rows`` that fits the terminal without cutting a key, id, event name or kind.
+    title: str = "",
+    caption: str = "",
+) -> list[str]:
+    """Print ``rows`` as a table without cutting a key, id, event name, kind or word; returns the headers shown.
 
     Columns in ``wraps`` hold free text, which wraps between words. Every other column keeps each cell on
-    one line: ``optional`` columns are dropped, in that order, until the rest fit (a table still too wide
-    is printed wider than the terminal rather than cut).
+    one line: ``optional`` columns are dropped, in that order, until the rest fit the terminal. A table that
+    still does not fit is printed wider than the terminal, whole: a pipe keeps its lines and a terminal wraps
+    them. ``title`` and ``caption`` are lines of their own above and below it.
     """
     widths = [
-        max(len(cell.plain if isinstance(cell, Text) else cell) for cell in [header, *(row[index] for row in rows)])
-        for index, header in enumerate(headers)
+        max(len(_plain(cell)) for cell in [header, *(row[i] for row in rows)]) for i, header in enumerate(headers)
     ]
+    for i, header in enumerate(headers):  # free text wraps between words, never inside one
+        if header in wraps:
+            longest_word = max((len(word) for row in rows for word in _plain(row[i]).split()), default=1)
+            widths[i] = max(longest_word, min(widths[i], MIN_WRAPPED_WIDTH))
+    console = term.console
 
     def needed(shown: list[int]) -> int:  # each column's cells plus its padding and border
-        return 1 + sum((min(widths[i], MIN_WRAPPED_WIDTH) if headers[i] in wraps else widths[i]) + 3 for i in shown)
+        return 1 + sum(widths[i] + 3 for i in shown)
 
     shown = list(range(len(headers)))
     for name in optional:
-        if needed(shown) <= term.console.width:
+        if needed(shown) <= console.width:
             break
         shown.remove(headers.index(name))
-    table = plain_table(*(headers[index] for index in shown), right=right)
-    for column, index in zip(table.columns, shown, strict=True):
-        if headers[index] not in wraps:
-            column.no_wrap = True
-            column.min_width = widths[index]
+    table = Table(*(headers[i] for i in shown))
+    for column, i in zip(table.columns, shown, strict=True):
+        column.min_width = widths[i]
+        column.no_wrap = headers[i] not in wraps
+        column.justify = "right" if headers[i] in right else "left"
     for row in rows:
-        add_row(table, *(row[index] for index in shown))
-    return table
-
-
-def add_row(table: Table, *cells: str | Text) -> None:
-    """Add a row of literal text (log messages contain brackets that are not rich markup)."""
-    table.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in cells))
+        table.add_row(*(cell if isinstance(cell, Text) else Text(cell) for cell in (row[i] for i in shown)))
+    if title:
+        console.print(Text(title), soft_wrap=True)
+    width = console.width
+    if needed(shown) > width:  # Rich fits a table to the console: widen the console for this one table
+        console.width = needed(shown)
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = width
+    if caption:
+        console.print(Text(caption), soft_wrap=True)
+    return [headers[i] for i in shown]
 
 
 def run_heading(info: Any) -> Text:

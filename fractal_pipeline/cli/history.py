@@ -13,10 +13,10 @@ from fractal_pipeline.cli import console as term
 from fractal_pipeline.cli.common import read_instance, resolve_run
 from fractal_pipeline.cli.fmt import (
     clock,
-    fitted_table,
     ms,
     note_run_state,
     offset,
+    print_table,
     run_heading,
     seconds,
     status,
@@ -55,9 +55,8 @@ def runs_command(
             ]
         )
     headers = ["run", "status", "started", "duration", "assets", "partitions", "launched by"]
-    table = fitted_table(headers, rows, optional=("partitions", "launched by", "started", "duration"))
-    table.caption = f"{len(runs)} of {instance.get_runs_count()} runs in {home}"
-    term.console.print(table)
+    optional = ("partitions", "launched by", "started", "duration")
+    print_table(headers, rows, optional, caption=f"{len(runs)} of {instance.get_runs_count()} runs in {home}")
 
 
 def logs_command(
@@ -71,16 +70,15 @@ def logs_command(
     full_id = resolve_run(instance, home, run_id)
     info = run_info(instance, full_id)
     lines = run_log_lines(instance, full_id)
-    term.console.print(run_heading(info))
-    table = fitted_table(
+    term.console.print(run_heading(info), soft_wrap=True)
+    print_table(
         ["t (s)", "level", "step", "event", "message"],
         [[offset(line.t), line.level, line.step or "", line.event or "", line.message] for line in lines],
         optional=("level", "step"),
         right=("t (s)",),
         wraps=("message",),
+        title=f"event log: {len(lines)} entries, seconds since the run started",
     )
-    table.title = f"event log: {len(lines)} entries, seconds since the run started"
-    term.console.print(table)
     outputs = captured_outputs(instance, full_id)
     if not outputs:
         term.console.print("(no captured stdout/stderr for this run)")
@@ -88,7 +86,7 @@ def logs_command(
         where = f"{', '.join(output.step_keys) or 'run'} (pid {output.pid})"
         state = "" if output.complete else ", still capturing"
         for stream, text in (("stdout", output.stdout), ("stderr", output.stderr)):
-            term.console.rule(Text(f"{stream} of {where}{state}"), style="dim")
+            term.console.print(Text(f"--- {stream} of {where}{state} ---", style="dim"), soft_wrap=True)
             term.console.print(text.rstrip("\n") or "(empty)", markup=False, highlight=False, soft_wrap=True)
     note_run_state(info, lines)
 
@@ -115,17 +113,16 @@ def events_command(
     if as_json:
         sys.stdout.write(json.dumps({**timeline.to_json(), "prediction": prediction}, indent=2) + "\n")
     else:
-        term.console.print(run_heading(info))
+        term.console.print(run_heading(info), soft_wrap=True)
         if unified:
             rows = [
                 [offset(event.t), event.worker, event.event, event.subject, ms(event.duration_ms), str(busy)]
                 for event, busy in zip(timeline.events, timeline.busy_workers, strict=True)
             ]
             headers = ["t (s)", "worker", "event", "subject", "ms", "busy"]
-            table = fitted_table(headers, rows, optional=("busy", "ms"), right=("t (s)", "ms", "busy"))
-            if "busy" in [column.header for column in table.columns]:
-                table.caption = "busy: render workers rendering, encoding or storing at that moment"
-            term.console.print(table)
+            shown = print_table(headers, rows, optional=("busy", "ms"), right=("t (s)", "ms", "busy"))
+            if "busy" in shown:
+                term.console.print("busy: render workers rendering, encoding or storing at that moment", soft_wrap=True)
         else:
             for lane in timeline.lanes:
                 if lane.role == RENDER_ROLE:
@@ -137,8 +134,7 @@ def events_command(
                     title = f"{lane.worker} · dagster process"
                 term.console.print(Text(title, style="bold"))
                 rows = [[offset(event.t), event.event, event.subject, ms(event.duration_ms)] for event in lane.events]
-                table = fitted_table(["t (s)", "event", "subject", "ms"], rows, optional=("ms",), right=("t (s)", "ms"))
-                term.console.print(table)
+                print_table(["t (s)", "event", "subject", "ms"], rows, optional=("ms",), right=("t (s)", "ms"))
         _print_workers_summary(timeline)
         term.console.print(Text(prediction["line"]), highlight=False, soft_wrap=True)
     note_run_state(info, run_log_lines(instance, full_id) if info.status == "FAILURE" else ())

@@ -10,7 +10,7 @@ from typing import Any
 from rich.text import Text
 
 from fractal_pipeline.cli import console as term
-from fractal_pipeline.cli.fmt import add_row, plain_table
+from fractal_pipeline.cli.fmt import print_table
 
 
 def print_plan(plan: Any, as_json: bool) -> None:
@@ -20,17 +20,17 @@ def print_plan(plan: Any, as_json: bool) -> None:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     numbers = ("segments", "pixels", "predicted s")
-    table = plain_table("key", *numbers[:2], "stored", numbers[2], right=numbers)
-    for spec in data["specs"]:
-        add_row(
-            table,
+    rows = [
+        [
             spec["key"],
             f"{spec['segments']:,}",
             f"{spec['pixels']:,}",
             "yes" if spec["stored"] else "",
             "" if spec["stored"] else f"{spec['predicted_render_s']:.3f}",
-        )
-    term.console.print(table)
+        ]
+        for spec in data["specs"]
+    ]
+    print_table(["key", *numbers[:2], "stored", numbers[2]], rows, right=numbers)
     stored = sum(spec["stored"] for spec in data["specs"])
     run = data["run"]
     lines = [
