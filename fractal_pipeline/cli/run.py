@@ -359,9 +359,11 @@ class _Batch:
             unreadable = list(metadata["unreadable"].value) if "unreadable" in metadata else []
             if unreadable:
                 shown = ", ".join(image_key(key) for key in unreadable[:3]) + (", ..." if len(unreadable) > 3 else "")
+                them = "it" if len(unreadable) == 1 else "them"
+                pngs = "stored PNG that does not" if len(unreadable) == 1 else "stored PNGs that do not"
                 note(
-                    f"collage: left out {len(unreadable)} stored PNGs that do not decode ({shown}); delete them from "
-                    "the store, and a run that includes them renders them again"
+                    f"collage: left out {len(unreadable)} {pngs} decode ({shown}); delete {them} from the store, "
+                    f"and a run that includes {them} renders {them} again"
                 )
 
 

@@ -49,6 +49,8 @@ def _open(source: ImageSource) -> Image.Image:
     try:
         # The core's own PNGs (every stored image) decode faster by read_png than by Pillow.
         return read_png(source) or Image.open(io.BytesIO(source))
+    except Image.UnidentifiedImageError as exc:  # its message names only the in-memory file object
+        raise UnreadableImage(f"{len(source):,} bytes in no image format Pillow reads") from exc
     except Exception as exc:  # Pillow and zlib raise many kinds for bad bytes: all mean the same here
         raise UnreadableImage(f"{len(source):,} bytes that are not an image ({exc})") from exc
 

@@ -23,8 +23,8 @@ def render_file(kind: str, depth: int | None, size: int, palette: str, output: P
     path = output or Path(f"{spec.key}.png")
     if path.is_dir():
         raise _cannot_write(path, "is a folder")
-    if path.suffix.lower() != ".png":
-        raise OutputError(f"--output: {path} does not end in .png; the file is a PNG, so name it <name>.png")
+    if path.suffix.lower() != ".png":  # also a bare ".png", which is a hidden file's name with no suffix
+        raise OutputError(f"--output: {path} is not a <name>.png path; the file is a PNG, so name it <name>.png")
     started = time.perf_counter()
     data = render_png(spec)
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fractal_pipeline.defs import tags
-from fractal_pipeline.instance.home import FIRST_USE_FILES, not_a_folder, open_home_instance
+from fractal_pipeline.instance.home import FIRST_USE_FILES, file_in_the_way, open_home_instance
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -28,8 +28,9 @@ def open_instance(home: Path) -> dg.DagsterInstance:
     """The Dagster instance in ``home`` (``DAGSTER_HOME``); never creates one."""
     import dagster as dg
 
-    if home.exists() and not home.is_dir():
-        raise not_a_folder(home)
+    blocked = file_in_the_way(home)
+    if blocked is not None:
+        raise blocked
     if not home.is_dir():
         raise ObservabilityError(
             f"DAGSTER_HOME: no Dagster instance at {home}; run `fractal-pipeline run` first or set DAGSTER_HOME"

@@ -65,8 +65,9 @@ def ensure_dagster_home() -> Path:
     cannot be made or written.
     """
     home = home_path()
-    if home.exists() and not home.is_dir():
-        raise not_a_folder(home)
+    blocked = file_in_the_way(home)
+    if blocked is not None:
+        raise blocked
     try:
         home.mkdir(parents=True, exist_ok=True)
         config = home / "dagster.yaml"
@@ -115,15 +116,23 @@ def first_use_lock(home: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def not_a_folder(home: Path) -> HomeError:
-    """The one line for a ``DAGSTER_HOME`` that names a file."""
-    return HomeError(f"DAGSTER_HOME: {home} is a file, not a folder; point DAGSTER_HOME at a folder")
+def file_in_the_way(home: Path) -> HomeError | None:
+    """The one line for a ``DAGSTER_HOME`` that is, or lies under, a file; None if there is none."""
+    for path in (home, *home.parents):
+        if path.exists():
+            if path.is_dir():
+                return None
+            under = "" if path == home else f" (DAGSTER_HOME={home} lies under it)"
+            return HomeError(f"DAGSTER_HOME: {path} is a file, not a folder{under}; point DAGSTER_HOME at a folder")
+    return None
 
 
 def one_line(exc: BaseException) -> str:
     """An exception as one line: its type and its first 300 characters, whitespace folded; without the
-    schema a Dagster config error appends (``Expected: "{...}"``), which names every field there is."""
+    schema a Dagster config error names before its errors and appends (``Expected: "{...}"``)."""
     text = " ".join(str(exc).split()).split(' Expected: "{', 1)[0]
+    # A config error starts with the schema it checked, as Python reprs; the numbered errors after it say what is wrong.
+    text = text.split(" Error 1: ", 1)[-1] if text.startswith("Errors whilst loading configuration") else text
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 

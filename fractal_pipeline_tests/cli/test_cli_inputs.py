@@ -76,7 +76,7 @@ CASES = {
     ),
     "render onto a folder": Case(["render", "dragon", "3", "--size", "16", "-o", "/tmp"], "cannot write /tmp (is a"),
     "render to a .jpg": Case(
-        ["render", "dragon", "3", "--size", "16", "-o", "/tmp/x.jpg"], "--output: /tmp/x.jpg does not end in .png"
+        ["render", "dragon", "3", "--size", "16", "-o", "/tmp/x.jpg"], "--output: /tmp/x.jpg is not a <name>.png path"
     ),
     "render path with markup": Case(
         ["render", "dragon", "3", "--size", "16", "-o", "/nonexistent/[bold]x[/bold].png"],
@@ -91,8 +91,11 @@ CASES = {
     # DAGSTER_HOME and dagster.yaml
     "home under a file": Case(
         ["run"],
-        "DAGSTER_HOME: cannot use /etc/hostname/home (Not a directory)",
+        "DAGSTER_HOME: /etc/hostname is a file, not a folder (DAGSTER_HOME=/etc/hostname/home lies under it); point",
         env={"DAGSTER_HOME": "/etc/hostname/home"},
+    ),
+    "home under a file (runs)": Case(
+        ["runs"], "DAGSTER_HOME: /etc/hostname is a file, not a folder", env={"DAGSTER_HOME": "/etc/hostname/home"}
     ),
     "home is a file (runs)": Case(
         ["runs"], "DAGSTER_HOME: /etc/hostname is a file, not a folder; point", env={"DAGSTER_HOME": "/etc/hostname"}
@@ -113,6 +116,13 @@ CASES = {
     "dagster.yaml names a missing log class (runs)": Case(["runs"], "cannot be loaded (", yaml=MISSING_LOGS_CLASS),
     "dagster.yaml names a missing log class (logs)": Case(
         ["logs", "abc"], "cannot be loaded (", yaml=MISSING_LOGS_CLASS
+    ),
+    "dagster.yaml with a misspelt compute_logs key": Case(
+        ["runs"],
+        'Received unexpected config entry "base_dirr"',
+        yaml="compute_logs:\n  module: fractal_pipeline.instance.compute_logs\n"
+        "  class: ThreadMirroredComputeLogManager\n  config:\n    base_dirr: /tmp\n",
+        absent="object at 0x",  # not the reprs of the schema Dagster checked
     ),
     "event batch size a word (run)": Case(
         ["run"],

@@ -493,3 +493,10 @@ def test_a_stored_png_that_does_not_decode_is_left_out_of_the_collage_with_a_not
     assert third.returncode == 0 and "do not decode" not in third.stderr, third.stderr
     for path in (empty, cut):
         assert spec_of_png(path.read_bytes()).key == path.stem
+
+    for path in stored:  # none decodes: the collage fails, saying what to do, and leaves every file as it is
+        path.write_bytes(b"")
+    fourth = cli(args, env)
+    assert fourth.returncode == 1
+    assert "collage: none of the 4 stored PNGs decodes: delete them from the store" in error_line(fourth.stderr)
+    assert all(path.read_bytes() == b"" for path in stored)

@@ -201,6 +201,7 @@ def test_an_unreadable_image_is_reported_and_left_out_or_raised(bad: bytes) -> N
         items, tile=32, columns=2, progress=placed.append, on_unreadable=lambda k, e: reported.append((k, e))
     )
     assert [key for key, _ in reported] == ["bad"]
+    assert "object at 0x" not in str(reported[0][1])  # says what the bytes are, not which Python object held them
     assert placed == [1, 2, 3]  # the three good ones, in the first three cells
     pitch = 32 + GAP_PX
     last_cell = canvas.crop((GAP_PX + pitch, GAP_PX + pitch, GAP_PX + pitch + 32, GAP_PX + pitch + 32))

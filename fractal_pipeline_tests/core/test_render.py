@@ -427,7 +427,8 @@ def test_cli_unknown_kind_exits_2_with_one_line(tmp_path: Path) -> None:
     [
         ("missing/x.png", "--output: cannot write {tmp}/missing/x.png (No such file or directory); give a file path"),
         (".", "--output: cannot write {tmp} (is a folder)"),
-        ("x.jpg", "--output: {tmp}/x.jpg does not end in .png; the file is a PNG, so name it <name>.png"),
+        ("x.jpg", "--output: {tmp}/x.jpg is not a <name>.png path; the file is a PNG, so name it <name>.png"),
+        (".png", "--output: {tmp}/.png is not a <name>.png path"),
     ],
 )
 def test_cli_bad_output_exits_2_with_one_line(output: str, expected: str, tmp_path: Path) -> None:

@@ -65,9 +65,11 @@ def fractal_collage(context: dg.AssetExecutionContext, fractal_images: PngCollec
 
     try:
         collage = make_collage(fractal_images, count=total, progress=progress, on_unreadable=leave_out)
-    except ValueError as exc:  # every image was left out
+    except ValueError:  # every image was left out
         raise dg.Failure(
-            description=f"fractal_images: none of the {total} stored PNGs decodes ({exc}); the run's log names them"
+            description=f"none of the {total} stored PNGs decodes: delete them from the store (this run's log "
+            "names each), and the runs that include them render them again",
+            allow_retries=False,
         ) from None
     preview = collage.copy()
     preview.thumbnail((256, 256))
