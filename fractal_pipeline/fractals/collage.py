@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable, Iterable, Sized
 from typing import TypeAlias
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from .png import read_png
 
@@ -49,7 +49,7 @@ def _open(source: ImageSource) -> Image.Image:
     try:
         # The core's own PNGs (every stored image) decode faster by read_png than by Pillow.
         return read_png(source) or Image.open(io.BytesIO(source))
-    except Image.UnidentifiedImageError as exc:  # its message names only the in-memory file object
+    except UnidentifiedImageError as exc:  # its message names only the in-memory file object
         raise UnreadableImage(f"{len(source):,} bytes in no image format Pillow reads") from exc
     except Exception as exc:  # Pillow and zlib raise many kinds for bad bytes: all mean the same here
         raise UnreadableImage(f"{len(source):,} bytes that are not an image ({exc})") from exc
