@@ -160,7 +160,7 @@ def _print_workers_summary(timeline: Timeline) -> None:
         )
     elif unreported:
         term.console.print(f"no render worker reported timings in this run; {unreported}", highlight=False)
-    elif "fractal_images" in timeline.run.assets:
+    elif timeline.run.renders_images:
         term.console.print(
             "no render worker reported timings in this run: it rendered nothing, or stopped before any worker reported",
             highlight=False,

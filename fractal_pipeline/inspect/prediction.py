@@ -28,7 +28,7 @@ def prediction_vs_actual(instance: dg.DagsterInstance, run_id: str, timeline: Ti
     )
     wall_s = max(lane.end for lane in lanes) - min(lane.start for lane in lanes) if lanes else None
     if predicted is None:
-        line = NO_PREDICTION if "fractal_images" in timeline.run.assets else NOTHING_TO_PREDICT
+        line = NO_PREDICTION if timeline.run.renders_images else NOTHING_TO_PREDICT
         return {"line": line, "predicted_render_s": None, "actual_render_s": round(actual_s, 3)}
     line = predicted.compared(actual_s, wall_s)
     if timeline.run.status in ("CANCELED", "CANCELING"):  # the prediction is for the whole batch

@@ -60,6 +60,11 @@ class RunInfo:
     partitions_selected: int | None = None
 
     @property
+    def renders_images(self) -> bool:
+        """Whether the run materializes ``fractal_images``: the only runs that render."""
+        return "fractal_images" in self.assets
+
+    @property
     def partitions_label(self) -> str:
         """``first...last (N)``, or ``(K of N)`` when the run was to render only K of the range's N."""
         if not self.partition_count or "..." not in self.partitions:

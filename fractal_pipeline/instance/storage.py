@@ -72,6 +72,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool, QueuePool
 from watchdog.events import FileSystemEvent
 
+from fractal_pipeline.instance.home import EVENT_BATCH_ENV
+
 #: Engines kept open per storage object (each holds at most a couple of SQLite connections).
 MAX_OPEN_SHARDS = 8
 
@@ -125,7 +127,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         self._engines_pid = os.getpid()
         self._engines_lock = threading.Lock()
         self._asset_key_index_cols = False
-        os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", str(EVENT_BATCH_SIZE))
+        os.environ.setdefault(EVENT_BATCH_ENV, str(EVENT_BATCH_SIZE))
         new_home = not os.path.exists(os.path.join(base_dir, f"{INDEX_SHARD_NAME}.db"))
         super().__init__(base_dir, inst_data)
         if new_home:  # build the run-database template with the instance, not in its first run
