@@ -64,6 +64,9 @@ class _ImagesProgress:
                 self.retry_until = now + wait
                 self.progress.console.print(Text(f"storage unreachable: the images step retries in {wait:.0f} s"))
             else:
+                materialization = record.asset_materialization
+                if materialization is not None and "skipped" in materialization.metadata:
+                    continue  # a partition the run skipped, recorded again as stored by a failing run: no render
                 self.done += 1
                 self.retry_until = None
                 self.unreachable = False
@@ -202,6 +205,9 @@ class _Batch:
         missing = len(keys) - len(stored)
         if self.interrupts.requested:
             how = "interrupted twice: stopped at once" if self.stopped_at_once else "interrupted"
+            if not missing:
+                then = f"; `{resume}` tiles the collage" if self.options.collage else ""
+                raise fail(f"{how}: all {len(keys)} PNGs are stored{then}", EXIT_INTERRUPTED)
             raise fail(
                 f"{how}: {len(stored)} of {len(keys)} PNGs stored; `{resume}` renders the other {missing}",
                 EXIT_INTERRUPTED,

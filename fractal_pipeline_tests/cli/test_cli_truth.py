@@ -336,6 +336,32 @@ def test_an_interrupted_run_stops_cleanly_and_resumes(
     )
 
 
+INTERRUPT_ON_IMPORT = """
+import sys
+
+class _CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name == "fractal_pipeline.cli.app":
+            raise KeyboardInterrupt
+        return None
+
+sys.meta_path.insert(0, _CtrlC())
+"""
+
+
+@pytest.mark.reliability("cancellation", "Ctrl-C while `fractal-pipeline` is still loading: one line, exit 130")
+def test_ctrl_c_while_the_commands_load_is_one_line(tmp_path: Path) -> None:
+    # The known point: Ctrl-C arrives while the command's modules import (a sitecustomize raises it there).
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(INTERRUPT_ON_IMPORT)
+    env = cli_env(tmp_path / "home", PYTHONPATH=str(hook))
+    done = cli(["run", "-n", "2", "--size", "32"], env)
+    assert done.returncode == 130, done.stderr
+    assert error_line(done.stderr) == "error: interrupted while starting: nothing was run"
+    assert not (tmp_path / "home" / "fractals").exists()
+
+
 # --------------------------------------------------------------------------- a bad partition key
 
 
