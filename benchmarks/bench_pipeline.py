@@ -5,7 +5,9 @@
 
 1. Pure render time: render_png of the N specs in a fresh process importing only
    the core, one after another, with the allocator tuned as in a render worker
-   (fractals.tune_allocator). For reference, once with the default allocator.
+   (fractals.tune_allocator). For reference, once with the default allocator, and in every
+   round the same specs split over 2 such processes running at once (pure_split_seconds): the
+   best 2-workers / 1-worker ratio this machine gives, with no Dagster and no pipeline.
    Measurements 1 and 2 are interleaved over --rounds rounds (default 7), in
    alternating order (pure, then the runs, then the reverse), and the goals
    use the median of the ratios within each round: this 2-core VM's speed drifts
@@ -82,6 +84,42 @@ def pure_render_seconds(specs: list[FractalSpec], tuned: bool = True) -> float:
         check=True,
     )
     return float(child.stdout.split()[-1])
+
+
+def balanced_halves(specs: list[FractalSpec], parts: int) -> list[list[FractalSpec]]:
+    """``specs`` dealt into ``parts`` lists of about equal render time: largest first (by segments) into
+    the lightest list, as the pipeline's small chunks handed to whichever worker is free end up."""
+    lists: list[list[FractalSpec]] = [[] for _ in range(parts)]
+    loads = [0] * parts
+    for spec in sorted(specs, key=lambda s: s.segments, reverse=True):
+        lightest = loads.index(min(loads))
+        lists[lightest].append(spec)
+        loads[lightest] += spec.segments
+    return lists
+
+
+def pure_split_seconds(specs: list[FractalSpec], parts: int = 2) -> float:
+    """The pure loop split over ``parts`` core-only processes running at once: the slowest one's loop.
+
+    What this machine allows a run with ``parts`` workers, with no Dagster and no pipeline at all:
+    ``pure_split_seconds / pure_render_seconds`` is the best ``wall(2 workers) / wall(1 worker)`` it
+    can give (two renders at once also share the memory bus and caches, so it is not exactly 1/parts).
+    """
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", PURE_CHILD, "tuned", *(spec.key for spec in part)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for part in balanced_halves(specs, parts)
+    ]
+    loops = []
+    for child in children:
+        out, _ = child.communicate()
+        if child.returncode:
+            raise RuntimeError(f"pure render child exited with {child.returncode}")
+        loops.append(float(out.split()[-1]))
+    return max(loops)
 
 
 def empty_store(store: Path) -> Path:
@@ -240,10 +278,11 @@ def main() -> int:
         store = Path(store_folder.name)
         (store / "fractals").mkdir(parents=True)
         create_ms = new_file_ms(store / "fractals")
-        rounds: dict[str, list[float]] = {name: [] for name in ("pure", "one", "two", "late")}
+        rounds: dict[str, list[float]] = {name: [] for name in ("pure", "split", "one", "two", "late")}
         phases: list[dict[str, float]] = []  # of the 1-worker runs
         measure = {
             "pure": lambda: pure_render_seconds(specs),
+            "split": lambda: pure_split_seconds(specs),
             "one": lambda: pipeline_seconds(home, keys, 1, empty_store(store), phases),
             "two": lambda: pipeline_seconds(home, keys, 2, empty_store(store)),
             "late": lambda: pipeline_seconds(home, keys, 1, empty_store(store), early=False),
@@ -253,7 +292,8 @@ def main() -> int:
             for name in order:
                 rounds[name].append(measure[name]())
             print(
-                f"round {number}/{args.rounds}: pure {rounds['pure'][-1]:.2f} s, 1 worker {rounds['one'][-1]:.2f} s, "
+                f"round {number}/{args.rounds}: pure {rounds['pure'][-1]:.2f} s, "
+                f"split in 2 {rounds['split'][-1]:.2f} s, 1 worker {rounds['one'][-1]:.2f} s, "
                 f"2 workers {rounds['two'][-1]:.2f} s, 1 worker started by the step {rounds['late'][-1]:.2f} s",
                 flush=True,
             )
@@ -273,6 +313,7 @@ def main() -> int:
         rows = [
             ("pure render_png, fresh core-only process (baseline)", pure),
             ("(reference) the same, default allocator settings", untuned),
+            ("(reference) the same, split over 2 core-only processes at once", median["split"]),
             ("fractal_images run, 1 worker", median["one"]),
             ("fractal_images run, 2 workers", median["two"]),
             ("(reference) 1 worker started by the step, not early", median["late"]),
@@ -289,6 +330,7 @@ def main() -> int:
         for label, values, unit in [
             ("overhead (1 worker - pure) per partition", overheads("one"), "ms"),
             ("2 workers / 1 worker", speedups("one", "two"), "x"),
+            ("(this machine's best) pure split in 2 / pure", speedups("pure", "split"), "x"),
             ("1 worker started early / started by the step", speedups("late", "one"), "x"),
         ]:
             shown = [
