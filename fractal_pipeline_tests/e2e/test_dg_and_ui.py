@@ -34,6 +34,14 @@ def test_dg_checks_and_lists_the_definitions(tmp_path: Path) -> None:
     checked = dg_cli(["check", "defs"], env)
     assert checked.returncode == 0, checked.stderr[-2000:]
     assert "All definitions loaded successfully" in checked.stdout + checked.stderr
+    # Dagster's beta notices (backfill_policy) are nothing a user of the `dagster` CLI can act on.
+    listed_assets = subprocess.run(
+        [str(BIN / "dagster"), "asset", "list", "-m", "fractal_pipeline.definitions"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert listed_assets.returncode == 0, listed_assets.stderr[-2000:]
+    assert "fractal_images" in listed_assets.stdout
+    assert "Warning" not in listed_assets.stderr, listed_assets.stderr[-2000:]
     listed = dg_cli(["list", "defs", "--json"], env)
     assert listed.returncode == 0, listed.stderr[-2000:]
     defs = json.loads(listed.stdout)

@@ -1,6 +1,7 @@
 """``fractal_images``: one PNG per spec partition, rendered in parallel and recorded as each is stored."""
 
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -57,38 +58,45 @@ def _materialized_in_run(context: dg.AssetExecutionContext) -> set[str]:
 IMAGES_RETRY_POLICY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL)
 
 
-@dg.asset(
-    group_name=GROUP,
-    kinds={"python", "pillow"},
-    owners=OWNERS,
-    partitions_def=spec_partitions,
-    retry_policy=IMAGES_RETRY_POLICY,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    pool="lambda_render",  # limited only where the instance sets a limit (deploy/dagster.yaml: 4 steps)
-    deps=[fractal_specs],
-    output_required=False,
-    io_manager_key="png_io_manager",
-    check_specs=[
-        dg.AssetCheckSpec(
-            IMAGES_CHECK,
-            asset="fractal_images",
-            description="Every PNG of the batch decodes, has its spec's size and is not blank.",
-        )
-    ],
-    description=(
-        "One PNG per spec at `fractals/<key>.png` in the fractal store. A backfill of many partitions "
-        "is one run; the specs render in parallel worker processes and each partition is stored and "
-        "materialised as soon as its PNG is written (thumbnail, location and timings in its metadata).\n\n"
-        "Partition metadata: `thumbnail` (~128 px preview, *Show Markdown*), `location` (file or `s3://` URL), "
-        "`segments`, `bytes` (PNG size), `render_ms` / `encode_ms` / `put_ms` (time per phase), `worker` "
-        "(process or Lambda invocation), `worker_started_at`, `started_at`, `stored_at`, and `stored_by` when the "
-        "step's process stored the PNG its worker rendered (a worker that leaves a CPU free), and `render_version` "
-        "(the core and encoder that made the timings, which the cost model is calibrated on). The `pngs_valid` "
-        "check of each batch carries `workers`, a per-worker table and timeline of the step, and `prediction`, "
-        "the render time predicted at launch against the actual one; "
-        "`fractal-pipeline events RUN_ID` prints the same timelines in a terminal."
-    ),
-)
+# BackfillPolicy is beta in Dagster and this asset relies on it (a backfill of many partitions is one run):
+# its warning is nothing a user of `dagster` or `dg` commands can act on.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    _images_asset = dg.asset(
+        group_name=GROUP,
+        kinds={"python", "pillow"},
+        owners=OWNERS,
+        partitions_def=spec_partitions,
+        retry_policy=IMAGES_RETRY_POLICY,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool="lambda_render",  # limited only where the instance sets a limit (deploy/dagster.yaml: 4 steps)
+        deps=[fractal_specs],
+        output_required=False,
+        io_manager_key="png_io_manager",
+        check_specs=[
+            dg.AssetCheckSpec(
+                IMAGES_CHECK,
+                asset="fractal_images",
+                description="Every PNG of the batch decodes, has its spec's size and is not blank.",
+            )
+        ],
+        description=(
+            "One PNG per spec at `fractals/<key>.png` in the fractal store. A backfill of many partitions "
+            "is one run; the specs render in parallel worker processes and each partition is stored and "
+            "materialised as soon as its PNG is written (thumbnail, location and timings in its metadata).\n\n"
+            "Partition metadata: `thumbnail` (~128 px preview, *Show Markdown*), `location` (file or `s3://` URL), "
+            "`segments`, `bytes` (PNG size), `render_ms` / `encode_ms` / `put_ms` (time per phase), `worker` "
+            "(process or Lambda invocation), `worker_started_at`, `started_at`, `stored_at`, and `stored_by` when the "
+            "step's process stored the PNG its worker rendered (a worker that leaves a CPU free), and `render_version` "
+            "(the core and encoder that made the timings, which the cost model is calibrated on). The `pngs_valid` "
+            "check of each batch carries `workers`, a per-worker table and timeline of the step, and `prediction`, "
+            "the render time predicted at launch against the actual one; "
+            "`fractal-pipeline events RUN_ID` prints the same timelines in a terminal."
+        ),
+    )
+
+
+@_images_asset
 def fractal_images(
     context: dg.AssetExecutionContext,
     config: RenderConfig,
