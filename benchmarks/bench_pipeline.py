@@ -68,6 +68,11 @@ print(time.perf_counter() - started)
 """
 
 
+def pure_loop_command(specs: list[FractalSpec], tuned: bool = True) -> list[str]:
+    """The command of a fresh core-only process that renders ``specs`` one after another and prints the seconds."""
+    return [sys.executable, "-c", PURE_CHILD, "tuned" if tuned else "plain", *(spec.key for spec in specs)]
+
+
 def pure_render_seconds(specs: list[FractalSpec], tuned: bool = True) -> float:
     """render_png of ``specs`` one after another in a fresh process that imports only the core.
 
@@ -78,7 +83,7 @@ def pure_render_seconds(specs: list[FractalSpec], tuned: bool = True) -> float:
     without it, the loop runs ~15 % slower, which would flatter it too.
     """
     child = subprocess.run(
-        [sys.executable, "-c", PURE_CHILD, "tuned" if tuned else "plain", *(spec.key for spec in specs)],
+        pure_loop_command(specs, tuned),
         capture_output=True,
         text=True,
         check=True,
@@ -86,7 +91,7 @@ def pure_render_seconds(specs: list[FractalSpec], tuned: bool = True) -> float:
     return float(child.stdout.split()[-1])
 
 
-def balanced_halves(specs: list[FractalSpec], parts: int) -> list[list[FractalSpec]]:
+def balanced_parts(specs: list[FractalSpec], parts: int) -> list[list[FractalSpec]]:
     """``specs`` dealt into ``parts`` lists of about equal render time: largest first (by segments) into
     the lightest list, as the pipeline's small chunks handed to whichever worker is free end up."""
     lists: list[list[FractalSpec]] = [[] for _ in range(parts)]
@@ -106,12 +111,8 @@ def pure_split_seconds(specs: list[FractalSpec], parts: int = 2) -> float:
     can give (two renders at once also share the memory bus and caches, so it is not exactly 1/parts).
     """
     children = [
-        subprocess.Popen(
-            [sys.executable, "-c", PURE_CHILD, "tuned", *(spec.key for spec in part)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for part in balanced_halves(specs, parts)
+        subprocess.Popen(pure_loop_command(part), stdout=subprocess.PIPE, text=True)
+        for part in balanced_parts(specs, parts)
     ]
     loops = []
     for child in children:

@@ -51,6 +51,8 @@ class _ImagesProgress:
     def __call__(self, run_id: str) -> None:
         import dagster as dg
 
+        from fractal_pipeline.defs.metadata import SKIPPED_KEY
+
         if self.instance.get_run_by_id(run_id) is None:
             return
         kinds = {dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.STEP_UP_FOR_RETRY}
@@ -64,8 +66,7 @@ class _ImagesProgress:
                 self.retry_until = now + wait
                 self.progress.console.print(Text(f"storage unreachable: the images step retries in {wait:.0f} s"))
             else:
-                materialization = record.asset_materialization
-                if materialization is not None and "skipped" in materialization.metadata:
+                if (recorded := record.asset_materialization) is not None and SKIPPED_KEY in recorded.metadata:
                     continue  # a partition the run skipped, recorded again as stored by a failing run: no render
                 self.done += 1
                 self.retry_until = None

@@ -22,6 +22,10 @@ def specs_table(specs: list[FractalSpec], new: set[str], limit: int = 50) -> str
     return "\n".join(lines)
 
 
+#: The metadata entry that marks a partition a run skipped and recorded again as stored (not rendered by it).
+SKIPPED_KEY = "skipped"
+
+
 def _location(location: str) -> dg.MetadataValue:
     return dg.MetadataValue.url(location) if location.startswith("s3://") else dg.MetadataValue.path(location)
 

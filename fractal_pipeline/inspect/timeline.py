@@ -115,6 +115,8 @@ def _step_event(entry: Any, step_starts: dict[str, float]) -> tuple[str, str, fl
     """(event, subject, duration_ms) for the Dagster events shown in a process lane."""
     import dagster as dg
 
+    from fractal_pipeline.defs.metadata import SKIPPED_KEY
+
     kind = dg.DagsterEventType
     event = entry.dagster_event
     step = entry.step_key or ""
@@ -133,7 +135,7 @@ def _step_event(entry: Any, step_starts: dict[str, float]) -> tuple[str, str, fl
         asset = event.asset_key.to_user_string() if event.asset_key else step
         materialization = event.step_materialization_data.materialization
         # a stored partition the run skipped, recorded again so that its failure does not mark it failed
-        if "skipped" in materialization.metadata:
+        if SKIPPED_KEY in materialization.metadata:
             label = "kept (skipped)"
         elif "unreported" in materialization.metadata:  # stored by a worker stopped before it reported it
             label = "materialized (unreported)"

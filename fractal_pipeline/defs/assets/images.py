@@ -12,7 +12,7 @@ from fractal_pipeline.defs.assets.common import GROUP, OWNERS, PROGRESS_EVERY_S,
 from fractal_pipeline.defs.assets.specs import fractal_specs
 from fractal_pipeline.defs.cancel import CancelWatch, canceled
 from fractal_pipeline.defs.cost import RecordedPrediction
-from fractal_pipeline.defs.metadata import partition_metadata, unreported_metadata
+from fractal_pipeline.defs.metadata import SKIPPED_KEY, partition_metadata, unreported_metadata
 from fractal_pipeline.defs.partitions import spec_partitions
 from fractal_pipeline.defs.resources import FractalStoreResource, RenderBackendResource
 from fractal_pipeline.defs.summary import batch_summary_markdown
@@ -159,7 +159,7 @@ def _record_skipped(context: dg.AssetExecutionContext, skipped: list[str]) -> It
     batcher = MaterializationBatcher(context, window_s=float("inf"))  # one batch, flushed below
     for key, metadata in found.items():
         kept = {name: metadata[name] for name in SKIPPED_METADATA if name in metadata}
-        kept["skipped"] = "already stored; not rendered again by this run"
+        kept[SKIPPED_KEY] = "already stored; not rendered again by this run"
         batcher.add(dg.AssetMaterialization(asset_key=context.asset_key, partition=key, metadata=kept))
     context.log.info(f"{len(found)} skipped partitions recorded again as stored, so that this failed run keeps them")
     yield from batcher.flush()
