@@ -19,6 +19,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -60,6 +61,24 @@ def from_environment() -> PgServer:
         password=os.environ.get("PGPASSWORD") or "",
         origin="answering",
     )
+
+
+#: How long a new cluster may take to accept connections once ``pg_ctl start -w`` has returned.
+ACCEPT_WITHIN_S = 60.0
+
+
+def _wait_until_accepting(server: PgServer) -> None:
+    """Connect until the server accepts: on a slow machine ``pg_ctl -w`` can return while it still answers
+    "the database system is starting up"."""
+    deadline = time.monotonic() + ACCEPT_WITHIN_S
+    while True:
+        try:
+            server.connect(connect_timeout=3).close()
+            return
+        except psycopg2.OperationalError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
 
 
 def answering_server() -> PgServer | None:
@@ -120,8 +139,10 @@ def throwaway_cluster(pg_ctl: str) -> Iterator[PgServer]:
         password="",
     )
     executor.start()
+    server = PgServer("127.0.0.1", port, "postgres", "", origin="throwaway", folder=str(base))
     try:
-        yield PgServer("127.0.0.1", port, "postgres", "", origin="throwaway", folder=str(base))
+        _wait_until_accepting(server)
+        yield server
     finally:
         executor.stop()
         shutil.rmtree(base, ignore_errors=True)
