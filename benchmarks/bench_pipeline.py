@@ -123,6 +123,12 @@ def pure_split_seconds(specs: list[FractalSpec], parts: int = 2) -> float:
     return max(loops)
 
 
+def cpu_seconds(who: int) -> float:
+    """User + system CPU seconds of this process (``RUSAGE_SELF``) or of its reaped children."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 def empty_store(store: Path) -> Path:
     """``store`` with its previous PNGs removed (the folders stay)."""
     for path in store.rglob("*"):
@@ -169,6 +175,7 @@ def pipeline_seconds(
     store: Path,
     phases: list[dict[str, float]] | None = None,
     early: bool = True,
+    cpu: list[dict[str, float]] | None = None,
 ) -> float:
     """Wall time of one batched fractal_images run over ``keys`` (already registered), storing into ``store``.
 
@@ -179,6 +186,10 @@ def pipeline_seconds(
     (``started_at``, ``render_ms``, ``encode_ms``, ``stored_at``): seconds until the first
     render started, the renders and encodes summed, the rest of the span from the first
     render's start to the last encode's end, from there to the last PNG stored, and after it.
+
+    With ``cpu`` (early workers only), appends the CPU seconds the run used: in this process (Dagster,
+    the step, its events and, with a CPU left free, the stores) and in its workers, waited for once
+    the run is over, so that their use is counted.
     """
     os.environ["FRACTALS_DIR"] = str(store)
     defs = build_definitions("local")
@@ -188,7 +199,9 @@ def pipeline_seconds(
         started_at = time.time()
         started = time.perf_counter()
         backend = "local" if early else "lambda"  # the lambda backend starts none early
+        own_before, workers_before = cpu_seconds(resource.RUSAGE_SELF), cpu_seconds(resource.RUSAGE_CHILDREN)
         started_workers = start_workers_early(defs, backend, store_config_from_env(), workers, len(keys))
+        processes = [worker.process for worker in started_workers.workers]
         try:
             result = job.execute_in_process(
                 instance=instance,
@@ -199,6 +212,12 @@ def pipeline_seconds(
         finally:
             started_workers.close()
         elapsed = time.perf_counter() - started
+        own = cpu_seconds(resource.RUSAGE_SELF) - own_before
+        for process in processes:  # they exit once their stdin closes; reaped, their CPU time is counted
+            process.wait()
+        if cpu is not None:
+            assert early and len(processes) == workers, "CPU use is counted for early-started workers only"
+            cpu.append({"wall": elapsed, "own": own, "workers": cpu_seconds(resource.RUSAGE_CHILDREN) - workers_before})
         assert result.success
         metadata = [m.metadata for m in result.asset_materializations_for_node("fractal_images")]
         assert len(metadata) == len(keys)
@@ -217,6 +236,26 @@ def pipeline_seconds(
             }
         )
     return elapsed
+
+
+def print_cpu_use(usage: dict[str, list[dict[str, float]]], rounds: dict[str, list[float]], cpus: int) -> None:
+    """The runs' CPU seconds, and how many CPUs they kept busy: a run that keeps every CPU busy cannot get
+    faster by overlapping its parts, only by doing less. The renders alone use about 2 x the split's loop."""
+    print("| CPU use (median of the rounds) | wall (s) | this process (s) | workers (s) | CPUs busy (CPU / wall) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, label in (("one", "fractal_images run, 1 worker"), ("two", "fractal_images run, 2 workers")):
+        runs = usage[name]
+        busy = statistics.median((run["own"] + run["workers"]) / run["wall"] for run in runs)
+        shown = [statistics.median(run[part] for run in runs) for part in ("wall", "own", "workers")]
+        print(f"| {label} | {' | '.join(f'{value:.2f}' for value in shown)} | {busy:.2f} of {cpus} |")
+    budget = [0.6 * run["wall"] * cpus for run in usage["one"]]
+    used = [run["own"] + run["workers"] for run in usage["two"]]
+    renders = [2 * split for split in rounds["split"]]
+    print(
+        f"\n2 workers at 0.6x of 1 worker's wall may use at most {statistics.median(budget):.2f} CPU seconds on "
+        f"{cpus} CPUs; the 2-worker run uses {statistics.median(used):.2f}, of which the renders alone (2 x the "
+        f"split's loop) take {statistics.median(renders):.2f}.\n"
+    )
 
 
 COLLAGE_CHILD = """
@@ -281,11 +320,12 @@ def main() -> int:
         create_ms = new_file_ms(store / "fractals")
         rounds: dict[str, list[float]] = {name: [] for name in ("pure", "split", "one", "two", "late")}
         phases: list[dict[str, float]] = []  # of the 1-worker runs
+        usage: dict[str, list[dict[str, float]]] = {"one": [], "two": []}  # CPU seconds of each run
         measure = {
             "pure": lambda: pure_render_seconds(specs),
             "split": lambda: pure_split_seconds(specs),
-            "one": lambda: pipeline_seconds(home, keys, 1, empty_store(store), phases),
-            "two": lambda: pipeline_seconds(home, keys, 2, empty_store(store)),
+            "one": lambda: pipeline_seconds(home, keys, 1, empty_store(store), phases, cpu=usage["one"]),
+            "two": lambda: pipeline_seconds(home, keys, 2, empty_store(store), cpu=usage["two"]),
             "late": lambda: pipeline_seconds(home, keys, 1, empty_store(store), early=False),
         }
         for number in range(1, args.rounds + 1):  # interleaved: a slow spell of the machine hits every measurement
@@ -340,6 +380,7 @@ def main() -> int:
             ]
             print(f"| {label} | {' | '.join(shown)} |")
         print()
+        print_cpu_use(usage, rounds, os.cpu_count() or 1)
         # Where the 1-worker runs' time went, per round against that round's pure loop, as % of it.
         labels = {
             "start": "Dagster starts the run, until the first render starts",
