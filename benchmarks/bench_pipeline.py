@@ -27,6 +27,12 @@
    overhead = (wall(1 worker) - pure render time) / N <= 1.0 ms;
    speed-up = wall(2 workers) / wall(1 worker) <= 0.6x.
 3. `fractal_collage` of M stored images in a fresh process: peak RSS (goal <= 500 MB).
+
+For the early-started 1- and 2-worker runs it also counts the CPU seconds of the run's own process and of
+its workers (print_cpu_use): a run that keeps every CPU busy can only get faster by doing less. From the
+1-worker wall it prints the CPU a 2-worker run may use within 0.6x of it, on this machine's CPUs.
+
+Exits 1 when a goal is not met (the last table says which), else 0.
 """
 
 from __future__ import annotations
@@ -129,6 +135,16 @@ def cpu_seconds(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def wait_for_children() -> None:
+    """Wait until every child of this process has exited, and reap it: a run's workers exit by themselves
+    once their stdin closes, and a child's CPU time counts (``RUSAGE_CHILDREN``) only once it is reaped."""
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:  # none left
+            return
+
+
 def empty_store(store: Path) -> Path:
     """``store`` with its previous PNGs removed (the folders stay)."""
     for path in store.rglob("*"):
@@ -188,8 +204,8 @@ def pipeline_seconds(
     render's start to the last encode's end, from there to the last PNG stored, and after it.
 
     With ``cpu`` (early workers only), appends the CPU seconds the run used: in this process (Dagster,
-    the step, its events and, with a CPU left free, the stores) and in its workers, waited for once
-    the run is over, so that their use is counted.
+    the step, its events and, with a CPU left free, the stores) and in its workers. Every run waits for
+    its workers to exit (:func:`wait_for_children`), so that their CPU time counts in no other run's.
     """
     os.environ["FRACTALS_DIR"] = str(store)
     defs = build_definitions("local")
@@ -213,8 +229,7 @@ def pipeline_seconds(
             started_workers.close()
         elapsed = time.perf_counter() - started
         own = cpu_seconds(resource.RUSAGE_SELF) - own_before
-        for process in processes:  # they exit once their stdin closes; reaped, their CPU time is counted
-            process.wait()
+        wait_for_children()  # its workers: reaped, their CPU time is counted here and in no later run
         if cpu is not None:
             assert early and len(processes) == workers, "CPU use is counted for early-started workers only"
             cpu.append({"wall": elapsed, "own": own, "workers": cpu_seconds(resource.RUSAGE_CHILDREN) - workers_before})
@@ -240,8 +255,10 @@ def pipeline_seconds(
 
 def print_cpu_use(usage: dict[str, list[dict[str, float]]], rounds: dict[str, list[float]], cpus: int) -> None:
     """The runs' CPU seconds, and how many CPUs they kept busy: a run that keeps every CPU busy cannot get
-    faster by overlapping its parts, only by doing less. The renders alone use about 2 x the split's loop."""
-    print("| CPU use (median of the rounds) | wall (s) | this process (s) | workers (s) | CPUs busy (CPU / wall) |")
+    faster by overlapping its parts, only by doing less. The renders alone use about 2 x the split's loop
+    (each of its two processes renders without a pause). Each column is its own median over the rounds,
+    so a row need not add up; "CPUs busy" is the median of each round's (this process + workers) / wall."""
+    print("| CPU use (each column: median of the rounds) | wall (s) | this process (s) | workers (s) | CPUs busy |")
     print("|---|---:|---:|---:|---:|")
     for name, label in (("one", "fractal_images run, 1 worker"), ("two", "fractal_images run, 2 workers")):
         runs = usage[name]
@@ -253,8 +270,8 @@ def print_cpu_use(usage: dict[str, list[dict[str, float]]], rounds: dict[str, li
     renders = [2 * split for split in rounds["split"]]
     print(
         f"\n2 workers at 0.6x of 1 worker's wall may use at most {statistics.median(budget):.2f} CPU seconds on "
-        f"{cpus} CPUs; the 2-worker run uses {statistics.median(used):.2f}, of which the renders alone (2 x the "
-        f"split's loop) take {statistics.median(renders):.2f}.\n"
+        f"{cpus} CPUs; the 2-worker run uses {statistics.median(used):.2f}, and the renders alone (the split's two "
+        f"loops, 2 x its wall) take {statistics.median(renders):.2f} (medians of the rounds).\n"
     )
 
 
