@@ -25,6 +25,9 @@ def specs_table(specs: list[FractalSpec], new: set[str], limit: int = 50) -> str
 #: The metadata entry that marks a partition a run skipped and recorded again as stored (not rendered by it).
 SKIPPED_KEY = "skipped"
 
+#: The metadata entry that marks a PNG stored by a worker that was stopped before it reported it.
+UNREPORTED_KEY = "unreported"
+
 
 def _location(location: str) -> dg.MetadataValue:
     return dg.MetadataValue.url(location) if location.startswith("s3://") else dg.MetadataValue.path(location)
@@ -36,7 +39,7 @@ def unreported_metadata(key: str, location: str) -> dict[str, Any]:
     return {
         "location": _location(location),
         "segments": FractalSpec.from_key(key).segments,
-        "unreported": "stored by a worker that was stopped before it reported it: no thumbnail or timings",
+        UNREPORTED_KEY: "stored by a worker that was stopped before it reported it: no thumbnail or timings",
     }
 
 

@@ -115,7 +115,7 @@ def _step_event(entry: Any, step_starts: dict[str, float]) -> tuple[str, str, fl
     """(event, subject, duration_ms) for the Dagster events shown in a process lane."""
     import dagster as dg
 
-    from fractal_pipeline.defs.metadata import SKIPPED_KEY
+    from fractal_pipeline.defs.metadata import SKIPPED_KEY, UNREPORTED_KEY
 
     kind = dg.DagsterEventType
     event = entry.dagster_event
@@ -137,7 +137,7 @@ def _step_event(entry: Any, step_starts: dict[str, float]) -> tuple[str, str, fl
         # a stored partition the run skipped, recorded again so that its failure does not mark it failed
         if SKIPPED_KEY in materialization.metadata:
             label = "kept (skipped)"
-        elif "unreported" in materialization.metadata:  # stored by a worker stopped before it reported it
+        elif UNREPORTED_KEY in materialization.metadata:  # stored by a worker stopped before it reported it
             label = "materialized (unreported)"
         else:
             label = "materialized"
@@ -151,6 +151,8 @@ def _step_event(entry: Any, step_starts: dict[str, float]) -> tuple[str, str, fl
 def run_timeline(instance: dg.DagsterInstance, run_id: str) -> Timeline:
     """Per-worker timelines of a run from its event log and per-partition metadata."""
     import dagster as dg
+
+    from fractal_pipeline.defs.metadata import UNREPORTED_KEY
 
     info = run_info(instance, run_id)
     entries = sorted(instance.all_logs(run_id), key=lambda entry: entry.timestamp)
@@ -168,7 +170,7 @@ def run_timeline(instance: dg.DagsterInstance, run_id: str) -> Timeline:
             item = WorkItem.from_metadata(event.partition, materialization.metadata)
             if item is not None:
                 items.append(item)
-            unreported += "unreported" in materialization.metadata
+            unreported += UNREPORTED_KEY in materialization.metadata
         shown = _step_event(entry, step_starts)
         if shown is None:
             continue
