@@ -217,7 +217,7 @@ def pipeline_seconds(
         backend = "local" if early else "lambda"  # the lambda backend starts none early
         own_before, workers_before = cpu_seconds(resource.RUSAGE_SELF), cpu_seconds(resource.RUSAGE_CHILDREN)
         started_workers = start_workers_early(defs, backend, store_config_from_env(), workers, len(keys))
-        processes = [worker.process for worker in started_workers.workers]
+        early_workers = len(started_workers.workers)
         try:
             result = job.execute_in_process(
                 instance=instance,
@@ -231,7 +231,7 @@ def pipeline_seconds(
         own = cpu_seconds(resource.RUSAGE_SELF) - own_before
         wait_for_children()  # its workers: reaped, their CPU time is counted here and in no later run
         if cpu is not None:
-            assert early and len(processes) == workers, "CPU use is counted for early-started workers only"
+            assert early and early_workers == workers, "CPU use is counted for early-started workers only"
             cpu.append({"wall": elapsed, "own": own, "workers": cpu_seconds(resource.RUSAGE_CHILDREN) - workers_before})
         assert result.success
         metadata = [m.metadata for m in result.asset_materializations_for_node("fractal_images")]
